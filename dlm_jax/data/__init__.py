@@ -1,0 +1,1 @@
+"""data layer of dlm_jax (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""eval layer of dlm_jax (see DESIGN.md)."""

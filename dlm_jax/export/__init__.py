@@ -1,0 +1,1 @@
+"""export layer of dlm_jax (see DESIGN.md)."""

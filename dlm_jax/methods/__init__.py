@@ -1,0 +1,1 @@
+"""methods layer of dlm_jax (see DESIGN.md)."""

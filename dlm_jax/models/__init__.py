@@ -1,0 +1,1 @@
+"""models layer of dlm_jax (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""processes layer of dlm_jax (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""samplers layer of dlm_jax (see DESIGN.md)."""

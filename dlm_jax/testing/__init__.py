@@ -1,0 +1,1 @@
+"""testing layer of dlm_jax (see DESIGN.md)."""

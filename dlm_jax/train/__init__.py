@@ -1,0 +1,1 @@
+"""train layer of dlm_jax (see DESIGN.md)."""
