@@ -1,0 +1,62 @@
+"""The method seam: what the one trainer needs from a method, and the method registry.
+
+A method is a set of pure functions bound to a model's ``apply`` function and its config.
+The trainer never branches on the method: it calls ``loss`` inside the train step, ``evaluate``
+inside the eval step, ``init_extra`` once when it builds the train state (frozen teachers and
+other method state live there, under ``TrainState.extra``), and hands ``sample`` to the CLI.
+
+Signatures (all pure, jit-able):
+
+``loss(params, batch, rng, step, aux) -> (scalar, metrics: dict[str, scalar])``
+    ``batch`` is a dict with ``"tokens"`` int32 ``[B, L]`` and optionally ``"loss_mask"``
+    float ``[B, L]`` (1 = real token) and method-specific keys. ``aux`` is a dict holding
+    ``"ema_params"`` (the trainer's EMA of params) and every entry of ``extra``.
+``evaluate(params, batch, rng) -> metrics`` — sums that the caller averages (e.g. NELBO).
+``init_extra(params) -> pytree`` — extra method state; ``{}`` by default.
+``sample(params, rng, *, num_samples, steps, sampler, **kw) -> (tokens, info)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Any, Callable
+
+Metrics = dict[str, Any]
+
+
+def _no_extra(params):
+    del params
+    return {}
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """A bundle of pure functions that the trainer and CLI call; see the module docstring."""
+
+    name: str
+    loss: Callable[..., tuple[Any, Metrics]]
+    evaluate: Callable[..., Metrics]
+    sample: Callable[..., tuple[Any, Metrics]]
+    init_extra: Callable[[Any], Any] = _no_extra
+
+
+# name -> "module:builder"; a builder is ``build(config, apply_fn) -> Method``.
+_REGISTRY: dict[str, str] = {
+    "mdlm": "dlm_jax.methods.mdlm:build",
+    "dfm": "dlm_jax.methods.dfm:build",
+    "fsdfm": "dlm_jax.methods.fsdfm:build",
+}
+
+
+def method_names() -> tuple[str, ...]:
+    return tuple(sorted(_REGISTRY))
+
+
+def build_method(config, apply_fn) -> Method:
+    """Build the method named ``config.method.name`` for a model ``apply_fn``."""
+    name = config.method.name
+    if name not in _REGISTRY:
+        raise ValueError(f"method.name: {name!r}; expected one of {method_names()}")
+    module, fn = _REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module), fn)(config, apply_fn)
