@@ -1,0 +1,168 @@
+"""Flow-family samplers: the FS-DFM cumulative-scalar jump sampler and the original DFM Euler
+solver of Gat et al. (METHODS §6.4, §2.3(d)).
+
+Seam: ``denoise_fn(x [B, L] int32, t [B], h [B]) -> log-probs [B, L, V]`` over the V clean tokens
+(logits are accepted too: they are log-softmax-normalised here). Time direction: **t = 0 is the
+source (mask or uniform noise), t = 1 is the data.** The mask id is ``V``.
+
+Both samplers are one ``jax.lax.scan`` over the grid ``t_k = k/N`` with ``h = 1/N`` and exactly one
+``denoise_fn`` call per step (``info["nfe"] = N``). They are pure and traceable: wrap them in
+``jax.jit`` with ``denoise_fn`` closed over, e.g. ``jax.jit(lambda k: sample_fsdfm(fn, k, ...))``.
+All arguments are checked before anything is traced.
+
+Conditional generation: ``fixed`` (``[L]`` or ``[B, L]`` bool) marks positions held at
+``fixed_tokens`` for the whole run (a gold prefix, or random gold positions); only the others move.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dlm_jax.processes import flow
+from dlm_jax.samplers.categorical import _check_method, sample_categorical, top_p_filter
+
+Array = jax.Array
+
+__all__ = ["sample_fsdfm", "sample_dfm_euler"]
+
+
+def _check_int(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name}: {value!r}; expected an int >= {minimum}")
+    return int(value)
+
+
+def _prepare(key, num_samples, length, steps, vocab_size, source, schedule, fixed, fixed_tokens,
+             categorical_method, top_p):
+    """Validate everything, then build the initial state ``x_0`` and the fixed mask ``[B, L]``."""
+    b = _check_int("num_samples", num_samples, 1)
+    n_len = _check_int("length", length, 1)
+    _check_int("steps", steps, 1)
+    v = _check_int("vocab_size", vocab_size, 2)
+    flow.check_source(source)
+    schedule = flow.get_schedule(schedule)
+    _check_method(categorical_method)
+    if not (isinstance(top_p, (int, float)) and 0.0 < top_p <= 1.0):
+        raise ValueError(f"top_p: {top_p!r}; expected a value in (0, 1]")
+    if (fixed is None) != (fixed_tokens is None):
+        raise ValueError(f"fixed_tokens: {'missing' if fixed_tokens is None else 'given'}; expected both "
+                         "fixed and fixed_tokens, or neither")
+    key_src, key_run = jax.random.split(key)
+    x0 = flow.sample_source(key_src, (b, n_len), source, v)
+    if fixed is None:
+        return schedule, x0, jnp.zeros((b, n_len), bool), key_run
+    fixed = jnp.asarray(fixed)
+    fixed_tokens = jnp.asarray(fixed_tokens)
+    for name, arr in (("fixed", fixed), ("fixed_tokens", fixed_tokens)):
+        if arr.shape not in ((n_len,), (b, n_len)):
+            raise ValueError(f"{name}: shape {arr.shape}; expected ({n_len},) or ({b}, {n_len})")
+    if fixed.dtype != jnp.bool_:
+        raise ValueError(f"fixed: dtype {fixed.dtype}; expected bool")
+    if not isinstance(fixed_tokens, jax.core.Tracer) and not isinstance(fixed, jax.core.Tracer):
+        tok, fx = np.broadcast_arrays(np.asarray(fixed_tokens), np.asarray(fixed))
+        if tok[fx].size and not ((tok[fx] >= 0) & (tok[fx] < v)).all():
+            raise ValueError(f"fixed_tokens: values {np.unique(tok[fx])[:4].tolist()}...; expected ids in [0, {v})")
+    fixed = jnp.broadcast_to(fixed, (b, n_len))
+    x0 = jnp.where(fixed, jnp.broadcast_to(fixed_tokens, (b, n_len)).astype(jnp.int32), x0)
+    return schedule, x0, fixed, key_run
+
+
+def _grid(steps: int, b: int):
+    dtype = jnp.result_type(float)  # float64 under x64, else float32
+    t = jnp.arange(steps, dtype=dtype) / steps
+    h = jnp.full((b,), 1.0 / steps, dtype)
+    return t, h
+
+
+def _posterior(denoise_fn, x, t, h, top_p):
+    log_p = jax.nn.log_softmax(jnp.asarray(denoise_fn(x, t, h)), axis=-1)
+    return top_p_filter(log_p, top_p) if top_p < 1.0 else log_p
+
+
+def _unmasked(x, vocab_size):
+    """Fraction of unmasked positions (a per-step diagnostic; tracks κ(t_{k+1}) for the mask source)."""
+    return jnp.mean(x != vocab_size)
+
+
+def _info(steps, fractions, source):
+    info = {"nfe": jnp.int32(steps)}
+    if source == "mask":
+        info["unmasked_fraction"] = fractions
+    return info
+
+
+def sample_fsdfm(denoise_fn, key: Array, *, num_samples: int, length: int, steps: int, vocab_size: int,
+                 source: str = "mask", schedule="linear", fixed: Array | None = None,
+                 fixed_tokens: Array | None = None, categorical_method: str = "auto",
+                 top_p: float = 1.0) -> tuple[Array, dict]:
+    """FS-DFM few-step sampler (§6.4); t: 0 = source, 1 = data, grid ``t_k = k/N``, ``h = 1/N``.
+
+    Steps ``k < N−1``: ``p = denoise_fn(x, t_k, h)``, then the cumulative-scalar jump
+    (``flow.jump``: stay w.p. ``exp(−G(t_k,h)(1−p(z)))``, else move ``∝ p(y), y ≠ z``).
+    Last step: ``x̂ ~ p`` (p has no mask class); mask source fills only masked positions, uniform
+    source resamples **all** (non-fixed) positions. ``top_p < 1`` nucleus-filters p at every step.
+
+    Returns ``(tokens [B, L] int32, info)`` with ``info["nfe"] = N`` (int32) and, for the mask
+    source, ``info["unmasked_fraction"] [N]``."""
+    schedule, x0, fixed, key = _prepare(key, num_samples, length, steps, vocab_size, source, schedule,
+                                        fixed, fixed_tokens, categorical_method, top_p)
+    ts, h = _grid(steps, num_samples)
+
+    def last(args):
+        k_draw, x, log_p, _ = args
+        xhat = sample_categorical(k_draw, log_p, categorical_method)
+        resample = ~fixed & (x == vocab_size) if source == "mask" else ~fixed
+        return jnp.where(resample, xhat, x)
+
+    def move(args):
+        k_draw, x, log_p, tb = args
+        return flow.jump(k_draw, x, log_p, tb, h, schedule, frozen=fixed, categorical_method=categorical_method)
+
+    def body(x, inputs):
+        k, t, k_step = inputs
+        tb = jnp.full((num_samples,), t)
+        log_p = _posterior(denoise_fn, x, tb, h, top_p)
+        x = jax.lax.cond(k == steps - 1, last, move, (k_step, x, log_p, tb))
+        return x, _unmasked(x, vocab_size)
+
+    keys = jax.random.split(key, steps)
+    x, fractions = jax.lax.scan(body, x0, (jnp.arange(steps), ts, keys))
+    return x, _info(steps, fractions, source)
+
+
+def sample_dfm_euler(denoise_fn, key: Array, *, num_samples: int, length: int, steps: int, vocab_size: int,
+                     source: str = "mask", schedule="linear", fixed: Array | None = None,
+                     fixed_tokens: Array | None = None, categorical_method: str = "auto",
+                     top_p: float = 1.0) -> tuple[Array, dict]:
+    """Original DFM Euler solver of Gat et al. (§2.3(d)), the 1,024-step baseline; t: 0 = source,
+    1 = data, grid ``t_k = k/N``, ``h = 1/N``.
+
+    Each step draws ``x̂_1 ~ p = denoise_fn(x, t_k, h)``; where ``x̂_1 ≠ x`` the position jumps to
+    ``x̂_1`` w.p. ``1 − exp(−h κ̇(t_k)/(1−κ(t_k)))`` (the rate frozen at the left end). At the last
+    step every non-fixed position is set to ``x̂_1``.
+
+    A teacher trained without h still gets ``h = 1/N`` as the third argument: wrap it as
+    ``lambda x, t, h: teacher(x, t)`` (the seam is the same for every flow sampler).
+
+    Returns ``(tokens [B, L] int32, info)`` as ``sample_fsdfm``."""
+    schedule, x0, fixed, key = _prepare(key, num_samples, length, steps, vocab_size, source, schedule,
+                                        fixed, fixed_tokens, categorical_method, top_p)
+    ts, h = _grid(steps, num_samples)
+
+    def body(x, inputs):
+        k, t, k_step = inputs
+        k_draw, k_u = jax.random.split(k_step)
+        tb = jnp.full((num_samples,), t)
+        log_p = _posterior(denoise_fn, x, tb, h, top_p)
+        xhat = sample_categorical(k_draw, log_p, categorical_method)
+        p_jump = -jnp.expm1(-h[:, None] * schedule.rate(tb)[:, None])
+        u = jax.random.uniform(k_u, x.shape, dtype=ts.dtype)
+        moves = (xhat != x) & ((u < p_jump) | (k == steps - 1))
+        x = jnp.where(moves & ~fixed, xhat, x)
+        return x, _unmasked(x, vocab_size)
+
+    keys = jax.random.split(key, steps)
+    x, fractions = jax.lax.scan(body, x0, (jnp.arange(steps), ts, keys))
+    return x, _info(steps, fractions, source)
