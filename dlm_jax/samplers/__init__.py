@@ -1,1 +1,34 @@
-"""samplers layer of dlm_jax (see DESIGN.md)."""
+"""samplers layer of dlm_jax (see DESIGN.md): one scan driver + step kernels.
+
+``get_sampler(name)`` returns a sampler ``(denoise_fn, key, **kwargs) -> (tokens, info)``; the
+registry maps names to ``"module:function"`` strings imported lazily, so a family's module (and
+its dependencies) loads only when asked for. Every sampler validates its arguments (steps >= 1,
+length >= 1, top_p in (0, 1], strategy, ...) before anything is traced or compiled.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Callable
+
+SAMPLERS: dict[str, str] = {
+    "mdlm": "dlm_jax.samplers.masked:sample_mdlm",
+    "mdlm_cache": "dlm_jax.samplers.masked:sample_mdlm_cache",
+    "remdm_cap": "dlm_jax.samplers.remdm:sample_remdm_cap",
+    "remdm_rescale": "dlm_jax.samplers.remdm:sample_remdm_rescale",
+    "remdm_conf": "dlm_jax.samplers.remdm:sample_remdm_conf",
+    "remdm_loop": "dlm_jax.samplers.remdm:sample_remdm_loop",
+    "fef": "dlm_jax.samplers.speculative:sample_fef",
+    "fsdfm": "dlm_jax.samplers.jump:sample_fsdfm",
+    "dfm_euler": "dlm_jax.samplers.jump:sample_dfm_euler",
+}
+
+__all__ = ["SAMPLERS", "get_sampler"]
+
+
+def get_sampler(name: str) -> Callable:
+    """The sampler registered as ``name`` (lazy import of its module)."""
+    if name not in SAMPLERS:
+        raise ValueError(f"sampler: {name!r}; expected one of {tuple(SAMPLERS)}")
+    module, function = SAMPLERS[name].split(":")
+    return getattr(importlib.import_module(module), function)

@@ -56,7 +56,12 @@ def _inverse_cdf(u: Array, probs: Array) -> Array:
     return jnp.minimum(idx, last_nonzero)
 
 
-def _two_stage(key: Array, logits: Array) -> Array:
+def two_stage_tables(logits: Array) -> tuple[int, Array, Array]:
+    """The float32 tables the two-stage sampler draws from: ``(bucket_size, bucket_weights
+    [..., n_buckets], inner [..., n_buckets, bucket_size])``. Stage 1 inverts the CDF of
+    ``bucket_weights`` (bucket masses relative to the largest); stage 2 inverts the CDF of the
+    chosen bucket's ``inner`` weights (relative to the bucket's max). Exposed so tests can compute
+    the sampler's exact law from the float32 uniform grid."""
     v = logits.shape[-1]
     bucket = max(1, math.isqrt(v - 1) + 1) if v > 1 else 1
     n_buckets = -(-v // bucket)
@@ -69,9 +74,15 @@ def _two_stage(key: Array, logits: Array) -> Array:
     safe_max = jnp.where(jnp.isfinite(block_max), block_max, 0.0)
     inner = jnp.exp(blocks - safe_max)
     log_mass = jnp.log(inner.sum(-1)) + safe_max[..., 0]
+    weights = jnp.exp(log_mass - jnp.max(log_mass, axis=-1, keepdims=True))
+    return bucket, weights, inner
+
+
+def _two_stage(key: Array, logits: Array) -> Array:
+    bucket, weights, inner = two_stage_tables(logits)
     k1, k2 = jax.random.split(key)
-    u1 = jax.random.uniform(k1, log_mass.shape[:-1])
-    b = _inverse_cdf(u1, jnp.exp(log_mass - jnp.max(log_mass, axis=-1, keepdims=True)))
+    u1 = jax.random.uniform(k1, weights.shape[:-1])
+    b = _inverse_cdf(u1, weights)
     chosen = jnp.take_along_axis(inner, b[..., None, None], axis=-2)[..., 0, :]
     u2 = jax.random.uniform(k2, chosen.shape[:-1])
     return (b * bucket + _inverse_cdf(u2, chosen)).astype(jnp.int32)
