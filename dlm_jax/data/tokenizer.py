@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import io
 import os
-import time
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -51,10 +50,12 @@ def text_chunks(texts: Iterable[str], max_chars: int = 2048) -> Iterator[str]:
 
 
 def train_sentencepiece(texts: Iterable[str], model_path: str, *, vocab_size: int = 1024,
-                        max_chars: int = 2_000_000, num_threads: int = 2) -> "SentencePieceTokenizer":
+                        max_chars: int = 2_000_000, num_threads: int = 2,
+                        trainer_overrides: dict | None = None) -> "SentencePieceTokenizer":
     """Train a BPE sentencepiece model on ``texts`` (documents; at most ``max_chars``
     characters are used) and write it to ``model_path`` (atomically). Returns the loaded
-    tokenizer."""
+    tokenizer. ``trainer_overrides`` replaces individual sentencepiece trainer flags (for
+    experiments; the defaults below are what round-trips exactly)."""
     import sentencepiece as spm
 
     if not isinstance(vocab_size, (int, np.integer)) or vocab_size < _MIN_VOCAB:
@@ -74,9 +75,7 @@ def train_sentencepiece(texts: Iterable[str], model_path: str, *, vocab_size: in
     if not sentences:
         raise ValueError("texts: empty; expected at least one non-empty document")
     model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(sentences),
-        model_writer=model,
+    flags = dict(
         model_type="bpe",
         vocab_size=int(vocab_size),
         character_coverage=1.0,
@@ -94,6 +93,8 @@ def train_sentencepiece(texts: Iterable[str], model_path: str, *, vocab_size: in
         num_threads=num_threads,
         minloglevel=2,
     )
+    flags.update(trainer_overrides or {})
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(sentences), model_writer=model, **flags)
     os.makedirs(os.path.dirname(os.path.abspath(model_path)), exist_ok=True)
     tmp = f"{model_path}.tmp{os.getpid()}"
     with open(tmp, "wb") as f:
@@ -194,9 +195,3 @@ class MarkovTokenizer:
         fmt = lambda row: " ".join("_" if t == self.mask_id else str(int(t)) for t in row)  # noqa: E731
         return fmt(arr) if arr.ndim == 1 else [fmt(r) for r in arr]
 
-
-def timed_train(texts: Iterable[str], model_path: str, **kwargs) -> tuple["SentencePieceTokenizer", float]:
-    """``train_sentencepiece`` plus its wall time in seconds (for logs and benchmarks)."""
-    start = time.perf_counter()
-    tok = train_sentencepiece(texts, model_path, **kwargs)
-    return tok, time.perf_counter() - start
