@@ -58,6 +58,11 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     c.mesh.fsdp = 1
     c.mesh.tensor = 1
     c.mesh.strategy = "dp"
+    c.mesh.distributed = "off"  # "auto" on TPU pods / SLURM; "explicit" for launch/local.sh
+    c.mesh.coordinator_address = ""
+    c.mesh.num_processes = 1
+    c.mesh.process_id = 0
+    c.mesh.initialization_timeout = 300
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every = 200 if arg == "demo" else 15
