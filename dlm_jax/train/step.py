@@ -88,7 +88,7 @@ def apply_grads(state: TrainState, loss, metrics, grads, optimizer, schedule, em
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema = optim.ema_update(state.ema_params, params, ema_decay)
-    metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads),
+    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads),
                    lr=jnp.asarray(schedule(state.step), jnp.float32))
     new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)
     return new, metrics

@@ -39,7 +39,7 @@ class TinyNet(nnx.Module):
         self.out = nnx.Linear(width, vocab, rngs=rngs,
                               kernel_init=part(nnx.initializers.lecun_normal(), ("embed", "vocab")))
 
-    def __call__(self, x, cond):
+    def __call__(self, x, cond, *, dropout_rng=None):
         h = self.embed(x)
         h = h + self.down(jax.nn.gelu(self.up(h)))
         return self.out(self.norm(h)).astype(jnp.float32)
@@ -50,12 +50,6 @@ def build_model(config):
     with nnx.use_eager_sharding(False):
         net = TinyNet(VOCAB, m.get("width", 16), m.get("hidden", 32), nnx.Rngs(config.seed))
     return nnx.split(net, nnx.Param)
-
-
-def make_apply(graphdef):
-    def apply(params, x, cond, *, dropout_rng=None):
-        return nnx.merge(graphdef, params)(x, cond)
-    return apply
 
 
 def build_method(config, apply_fn) -> Method:

@@ -1,0 +1,300 @@
+"""The one trainer: ``train(config, workdir)``.
+
+Reads (``ml_collections.ConfigDict``; optional keys in brackets with their default):
+
+* ``seed``
+* ``model``: DiTConfig fields (``dlm_jax.models``); ``vocab_size`` is V, the number of clean
+  classes (default: the tokenizer's); the DiT gets ``V + 1`` input ids (mask id = V) and
+  [``num_classes`` = V + 1] outputs; ``max_len`` (1024) bounds ``data.seq_len``.
+* ``method``: ``name`` (registry in ``methods/base.py``) + the method's own keys.
+* ``data``: ``seq_len`` + the keys of ``dlm_jax.data.pipeline`` (``source``, ...).
+* ``train``: ``steps``, ``batch_size`` (global), ``lr``, ``warmup_steps``, ``schedule``,
+  [``final_lr_frac`` 0.1], ``weight_decay``, ``b1``, ``b2``, [``eps`` 1e-8], ``grad_clip``,
+  ``ema_decay``, ``microbatches``, [``compute_dtype`` None], [``step_impl`` "jit" | "shard_map"],
+  ``log_every``, ``eval_every`` (0 = off), ``eval_batches``, [``eval_ema`` False].
+* ``mesh``: ``data``, ``fsdp``, ``tensor`` (one may be -1), ``strategy``, [``distributed`` "off"
+  | "auto" | "explicit" (+ ``coordinator_address``, ``num_processes``, ``process_id``)].
+* ``checkpoint``: ``every``, ``keep``, [``async_save`` True], [``save_on_signal`` True].
+* [``sample``: ``sampler`` is checked against ``dlm_jax.samplers.SAMPLERS``].
+
+Writes ``<workdir>/metrics.jsonl``, TensorBoard events under ``<workdir>/tb`` and Orbax
+checkpoints under ``<workdir>/checkpoints``; resumes from the newest complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import ml_collections
+import numpy as np
+
+from dlm_jax.train import checkpoint as ckpt_lib
+from dlm_jax.train import mesh as mesh_lib
+from dlm_jax.train import optim
+from dlm_jax.train import state as state_lib
+from dlm_jax.train import step as step_lib
+
+STEP_IMPLS = ("jit", "shard_map")
+
+
+# ----------------------------------------------------------------------------------------------
+# Config validation (before anything compiles).
+# ----------------------------------------------------------------------------------------------
+def _bad(key, value, expected):
+    raise ValueError(f"{key}: {value!r}; expected {expected}")
+
+
+def validate_config(config, num_devices: int, process_count: int = 1, *,
+                    check_method: bool = True, check_source: bool = True) -> None:
+    """One-line ValueErrors naming key, value and what is allowed. ``check_method`` /
+    ``check_source``: check names against the registries (off for injected components)."""
+    from dlm_jax.methods.base import method_names
+
+    for section in ("model", "method", "data", "train", "mesh", "checkpoint"):
+        if section not in config:
+            _bad(section, None, "a config section")
+    if check_method and config.method.get("name") not in method_names():
+        _bad("method.name", config.method.get("name"), f"one of {method_names()}")
+    t = config.train
+    for key in ("steps", "batch_size"):
+        if not isinstance(t.get(key), int) or t.get(key) < 1:
+            _bad(f"train.{key}", t.get(key), "an int >= 1")
+    optim.validate(t)
+    step_lib.resolve_dtype(t.get("compute_dtype", None))
+    impl = t.get("step_impl", "jit")
+    if impl not in STEP_IMPLS:
+        _bad("train.step_impl", impl, f"one of {STEP_IMPLS}")
+    sizes = mesh_lib.mesh_shape(config.mesh, num_devices)
+    dp = sizes[0] * sizes[1]
+    if impl == "shard_map" and config.mesh.get("strategy", "dp") != "dp":
+        _bad("mesh.strategy", config.mesh.strategy, "'dp' with train.step_impl='shard_map'")
+    k = t.get("microbatches", 1) or 1
+    if t.batch_size % dp:
+        _bad("train.batch_size", t.batch_size, f"a multiple of the data-parallel size {dp} "
+             f"(mesh data x fsdp = {sizes[0]} x {sizes[1]})")
+    if t.batch_size % process_count:
+        _bad("train.batch_size", t.batch_size, f"a multiple of the process count {process_count}")
+    if (t.batch_size // dp) % k:
+        _bad("train.microbatches", k, f"a divisor of the per-device batch {t.batch_size // dp}")
+    seq_len, max_len = config.data.get("seq_len"), config.model.get("max_len", 1024)
+    if not isinstance(seq_len, int) or seq_len < 1:
+        _bad("data.seq_len", seq_len, "an int >= 1")
+    if seq_len > max_len:
+        _bad("data.seq_len", seq_len, f"<= model.max_len={max_len}")
+    if check_source:
+        from dlm_jax.data.pipeline import SOURCES
+
+        if config.data.get("source", "stdlib") not in SOURCES:
+            _bad("data.source", config.data.get("source"), f"one of {SOURCES}")
+    if "sample" in config and config.sample.get("sampler"):
+        from dlm_jax.samplers import SAMPLERS
+
+        if config.sample.sampler not in SAMPLERS:
+            _bad("sample.sampler", config.sample.sampler, f"one of {tuple(SAMPLERS)}")
+    for key in ("every", "keep"):
+        if not isinstance(config.checkpoint.get(key), int) or config.checkpoint.get(key) < 0:
+            _bad(f"checkpoint.{key}", config.checkpoint.get(key), "an int >= 0")
+
+
+# ----------------------------------------------------------------------------------------------
+# Default components: the DiT, the method registry, the grain pipeline.
+# ----------------------------------------------------------------------------------------------
+def dit_model(config):
+    """``(graphdef, params)`` of the DiT: V + 1 input ids (mask id = V), V + 1 outputs by default."""
+    from dlm_jax.models import DiTConfig, build_model
+
+    m = {k: v for k, v in config.model.to_dict().items()}
+    v = m.pop("vocab_size")
+    m.setdefault("num_classes", v + 1)
+    return build_model(DiTConfig.from_dict(dict(m, vocab_size=v + 1)), int(config.seed))
+
+
+def _pipeline_config(config):
+    return {k: v for k, v in config.data.to_dict().items() if k != "seq_len"}
+
+
+def grain_data(config, *, split: str, process_index: int, process_count: int, workdir: str):
+    """The grain iterator of local batches for this process (``dlm_jax.data.pipeline``)."""
+    from dlm_jax.data.pipeline import build_pipeline, train_or_load_tokenizer
+
+    tok = train_or_load_tokenizer(_pipeline_config(config), workdir)
+    ds = build_pipeline(_pipeline_config(config), tok, batch_size=config.train.batch_size // process_count,
+                        seq_len=config.data.seq_len, seed=int(config.seed), process_index=process_index,
+                        process_count=process_count, split=split)
+    return iter(ds)
+
+
+def _prepare_vocab(config, workdir: str) -> None:
+    """Fill ``model.vocab_size`` (V) from the tokenizer (trained once, by process 0)."""
+    from dlm_jax.data.pipeline import train_or_load_tokenizer
+    from jax.experimental import multihost_utils
+
+    if jax.process_index() == 0:
+        tok = train_or_load_tokenizer(_pipeline_config(config), workdir)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("tokenizer")
+    tok = train_or_load_tokenizer(_pipeline_config(config), workdir)
+    v = config.model.get("vocab_size", None)
+    if v is not None and v != tok.vocab_size:
+        _bad("model.vocab_size", v, f"the tokenizer's vocab_size {tok.vocab_size}")
+    with config.unlocked():
+        config.model.vocab_size = tok.vocab_size
+
+
+# ----------------------------------------------------------------------------------------------
+# Metrics output.
+# ----------------------------------------------------------------------------------------------
+class MetricWriter:
+    """JSONL + TensorBoard (tensorboardX) on process 0; a no-op elsewhere."""
+
+    def __init__(self, workdir: str):
+        self.active = jax.process_index() == 0
+        if self.active:
+            from tensorboardX import SummaryWriter
+
+            self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+            self.tb = SummaryWriter(os.path.join(workdir, "tb"))
+
+    def write(self, step: int, metrics: dict[str, float]):
+        if not self.active:
+            return
+        self.jsonl.write(json.dumps({"step": int(step), **metrics}) + "\n")
+        self.jsonl.flush()
+        for k, v in metrics.items():
+            self.tb.add_scalar(k, v, int(step))
+
+    def close(self):
+        if self.active:
+            self.jsonl.close()
+            self.tb.close()
+
+
+def _floats(tree) -> dict[str, float]:
+    return {k: float(np.asarray(v)) for k, v in jax.device_get(tree).items()}
+
+
+def evaluate(eval_step, params, make_iter, num_batches: int, mesh, rng) -> dict[str, float]:
+    """Sum the method's eval sums over ``num_batches``; ``X_sum / num_tokens`` -> ``X``."""
+    totals: dict[str, float] = {}
+    it = make_iter()
+    for i in range(num_batches):
+        try:
+            local = next(it)
+        except StopIteration:
+            break
+        out = _floats(eval_step(params, step_lib.global_batch(local, mesh), jax.random.fold_in(rng, i)))
+        totals = {k: totals.get(k, 0.0) + v for k, v in out.items()}
+    count = totals.get("num_tokens", totals.get("tokens"))
+    if count:
+        totals.update({k[:-4]: v / count for k, v in list(totals.items()) if k.endswith("_sum")})
+    return {f"eval/{k}": v for k, v in totals.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# The trainer.
+# ----------------------------------------------------------------------------------------------
+def train(config, workdir: str, *, model_fn: Callable | None = None,
+          method_fn: Callable | None = None, data_fn: Callable | None = None) -> dict[str, Any]:
+    """Train (or resume) ``config`` in ``workdir``. Returns ``{"state", "step", "preempted"}``.
+
+    ``model_fn(config) -> (graphdef, params)``, ``method_fn(config, apply_fn) -> Method`` and
+    ``data_fn(config, *, split, process_index, process_count) -> iterator`` replace the DiT,
+    the method registry and the grain pipeline (tests, forks).
+    """
+    config = ml_collections.ConfigDict(config.to_dict() if hasattr(config, "to_dict") else config)
+    mesh_lib.maybe_initialize_distributed(config)
+    os.makedirs(workdir, exist_ok=True)
+    pid, nproc = jax.process_index(), jax.process_count()
+    validate_config(config, jax.device_count(), nproc, check_method=method_fn is None,
+                    check_source=data_fn is None)
+    if data_fn is None:
+        _prepare_vocab(config, workdir)
+        data_fn = lambda c, **kw: grain_data(c, workdir=workdir, **kw)  # noqa: E731
+    if pid == 0:
+        print(f"dlm_jax train: workdir={workdir}\n{config}", flush=True)
+    from dlm_jax.methods.base import build_method
+    from dlm_jax.models import make_apply
+
+    t, mc = config.train, config.mesh
+    strategy, total = mc.get("strategy", "dp"), int(t.steps)
+    mesh = mesh_lib.make_mesh(mc)
+    with jax.set_mesh(mesh):
+        # Model, method, optimizer, abstract sharded state.
+        graphdef, init_params = state_lib.trace_model(lambda: (model_fn or dit_model)(config))
+        method = (method_fn or build_method)(config, make_apply(graphdef))
+        optimizer = optim.make_optimizer(t, total)
+        args = (init_params, optimizer, method.init_extra, int(config.seed), mesh, strategy)
+        target, shards = state_lib.abstract_train_state(*args)
+
+        # Data, checkpoint, resume.
+        train_iter = data_fn(config, split="train", process_index=pid, process_count=nproc)
+        ck = config.checkpoint
+        checkpointer = ckpt_lib.Checkpointer(workdir, every=ck.every, keep=ck.keep,
+                                             async_save=ck.get("async_save", True))
+        restored = checkpointer.restore_latest(target, train_iter)
+        if restored is not None:
+            state, _ = restored
+            if pid == 0:
+                print(f"resumed from {checkpointer.step_dir(int(state.step))}", flush=True)
+        else:
+            state, _ = state_lib.create_train_state(*args)
+        start = int(jax.device_get(state.step))
+
+        # Steps.
+        make = (step_lib.make_train_step_shard_map if t.get("step_impl", "jit") == "shard_map"
+                else step_lib.make_train_step)
+        train_step = make(method, t, mesh=mesh, state_shardings=shards, total_steps=total,
+                          microbatches=t.get("microbatches", 1) or 1,
+                          compute_dtype=t.get("compute_dtype", None))
+        eval_step = step_lib.make_eval_step(method, mesh=mesh, params_shardings=shards.params,
+                                            compute_dtype=t.get("compute_dtype", None))
+        eval_iter = lambda: data_fn(config, split="validation", process_index=pid,  # noqa: E731
+                                    process_count=nproc)
+        eval_rng = jax.random.key(int(config.seed) + 1)
+
+        writer = MetricWriter(workdir)
+        preempted = False
+        tokens_per_step = t.batch_size * config.data.seq_len
+        log_every, eval_every = max(int(t.get("log_every", 1)), 1), int(t.get("eval_every", 0))
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, initial=start, disable=pid != 0, dynamic_ncols=True)
+        t_log, steps_since = time.perf_counter(), 0
+        with ckpt_lib.PreemptionGuard(enabled=ck.get("save_on_signal", True)) as guard:
+            for step in range(start + 1, total + 1):
+                batch = step_lib.global_batch(next(train_iter), mesh)
+                state, metrics = train_step(state, batch)
+                steps_since += 1
+                bar.update(1)
+                if step % log_every == 0 or step == total:
+                    m = _floats(metrics)
+                    dt = time.perf_counter() - t_log
+                    m["tokens_per_s"] = steps_since * tokens_per_step / dt
+                    m["step_time_s"] = dt / steps_since
+                    m["checkpoint/save_block_s"] = checkpointer.last_save_block_s
+                    writer.write(step, m)
+                    bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{m['tokens_per_s']:.0f}")
+                    t_log, steps_since = time.perf_counter(), 0
+                if eval_every and step % eval_every == 0:
+                    params = state.ema_params if t.get("eval_ema", False) else state.params
+                    writer.write(step, evaluate(eval_step, params, eval_iter,
+                                                int(t.get("eval_batches", 1)), mesh, eval_rng))
+                if checkpointer.due(step):
+                    checkpointer.save(step, state, train_iter, config)
+                if (eval_every and step % eval_every == 0) or checkpointer.due(step):
+                    t_log, steps_since = time.perf_counter(), 0  # eval / save time out of tokens/s
+                if guard.should_stop():
+                    preempted = True
+                    break
+        last = int(jax.device_get(state.step))
+        checkpointer.save(last, state, train_iter, config)
+        checkpointer.close()
+        bar.close()
+        writer.close()
+        if pid == 0 and preempted:
+            print(f"preempted: saved {checkpointer.step_dir(last)}", flush=True)
+    return {"state": state, "step": last, "preempted": preempted}
