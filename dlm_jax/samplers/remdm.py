@@ -12,7 +12,10 @@ Posterior family, per position, with x replaced by the prediction p (SUBS: x = z
 Strategies (α_t = 1 − t except for loop):
 * ``cap``     σ = min(η, σ^max), η = 0.008;      * ``rescale`` σ = η σ^max, η = 0.015;
 * ``conf``    σ^ℓ = η^ℓ σ^max with η = softmax_ℓ(c) over decoded positions (0 at masked), where
-  ``c^ℓ = −p(token at the moment it was unmasked)``, −∞ initially and after a remask: Σ η ≤ 1;
+  ``c^ℓ = −p(token at the moment it was unmasked)``, −∞ initially and after a remask: Σ η ≤ 1.
+  Because σ^ℓ = 0 in the masked branch while decoded ℓ remask at η^ℓ σ^max, conf is *not*
+  marginal-preserving at the sampler level: it ends with more masked mass than 1 − α(t_T)
+  (tests/samplers/test_remdm.py measures it; the final argmax fills those positions);
 * ``loop``    α(t) = α_on(1−t)/(1−t_on) for t > t_on; α_on for t_off < t ≤ t_on; 1 − t(1−α_on)/t_off
   below. Steps starting in (t_off, t_on] use σ = η (capped at σ^max; with α_s = α_t = α_on that is
   "remask w.p. η, unmask w.p. η α_on/(1−α_on)"), the others σ = 0 (MDLM steps). Needs
@@ -37,7 +40,7 @@ STRATEGIES = ("cap", "rescale", "conf", "loop")
 DEFAULT_ETA = {"cap": 0.008, "rescale": 0.015, "conf": None, "loop": 0.02}
 
 __all__ = ["STRATEGIES", "DEFAULT_ETA", "sigma_max", "mask_prob", "remdm_weights", "remdm_step", "conf_eta",
-           "loop_alpha", "remdm_schedule", "check_remdm", "sample_remdm", "sample_remdm_cap",
+           "conf_update", "loop_alpha", "remdm_schedule", "check_remdm", "sample_remdm", "sample_remdm_cap",
            "sample_remdm_rescale", "sample_remdm_conf", "sample_remdm_loop"]
 
 
@@ -92,6 +95,14 @@ def conf_eta(conf: Array) -> Array:
     w = jnp.where(finite, jnp.exp(jnp.where(finite, conf, 0.0) - jnp.where(jnp.isfinite(top), top, 0.0)), 0.0)
     total = w.sum(-1, keepdims=True)
     return jnp.where(total > 0, w / jnp.where(total > 0, total, 1.0), 0.0)
+
+
+def conf_update(conf: Array, z: Array, z_s: Array, p_dec: Array, mask_id: int) -> Array:
+    """Conf-score bookkeeping: newly unmasked ℓ get ``c^ℓ = −p_dec^ℓ`` (probability of the token
+    when it was decoded), remasked ℓ get ``−∞``; the others keep their score."""
+    was_masked, now_masked = z == mask_id, z_s == mask_id
+    conf = jnp.where(was_masked & ~now_masked, -p_dec.astype(conf.dtype), conf)
+    return jnp.where(now_masked, -jnp.inf, conf)
 
 
 def loop_alpha(t: Array, t_on: float, t_off: float, alpha_on: float) -> Array:
@@ -175,9 +186,7 @@ def sample_remdm(denoise_fn, key: Array, *, num_samples: int, length: int, steps
                                 carry_over=carry_over)
         z_s = jnp.where(fixed, z, z_s)
         if strategy == "conf":
-            was_masked, now_masked = z == mask_id, z_s == mask_id
-            conf = jnp.where(was_masked & ~now_masked, -p_dec.astype(conf.dtype), conf)
-            conf = jnp.where(now_masked, -jnp.inf, conf)
+            conf = conf_update(conf, z, z_s, p_dec, mask_id)
         return (z_s, conf), 1
 
     conf0 = jnp.full(z0.shape, -jnp.inf, grid.dtype)
