@@ -132,3 +132,29 @@ def test_tfds_errors(tfds_dir, tmp_path):
         TfdsSource("dlm_jax_tiny_text", data_dir=tfds_dir, text_key="body")
     with pytest.raises(ValueError, match=r"^data.tfds_split: 'test' of 'dlm_jax_tiny_text' could not be opened"):
         TfdsSource("dlm_jax_tiny_text", split="test", data_dir=tfds_dir)
+
+
+def test_tfds_through_the_pipeline(tfds_dir, stdlib_tokenizer):
+    from dlm_jax.data.pipeline import build_pipeline
+
+    data = {"source": "tfds", "tfds_name": "dlm_jax_tiny_text", "tfds_data_dir": tfds_dir, "download": False,
+            "num_epochs": 1, "shuffle_window": 0}
+    batches = list(build_pipeline(data, stdlib_tokenizer, batch_size=2, seq_len=32, seed=0, process_index=0,
+                                  process_count=1))
+    stream = np.concatenate([b["tokens"][b["loss_mask"] > 0] for b in batches])
+    docs = stdlib_tokenizer.decode(np.split(stream, np.flatnonzero(stream == stdlib_tokenizer.eos_id) + 1)[:-1])
+    assert sorted(docs) == sorted(_TRAIN)
+    val = list(build_pipeline(data, stdlib_tokenizer, batch_size=2, seq_len=32, seed=0, process_index=0,
+                              process_count=1, split="validation"))
+    assert "".join(stdlib_tokenizer.decode(np.concatenate([b["tokens"] for b in val]))).count("x = ") == 4
+
+
+def test_local_stdlib_tfds_matches_the_files(tmp_path):
+    from dlm_jax.data.local_tfds import NAME, prepare_stdlib_tfds
+
+    data_dir = prepare_stdlib_tfds(str(tmp_path))
+    val = TfdsSource(NAME, split="validation", data_dir=data_dir)
+    files = stdlib_paths("validation")
+    assert len(val) == len(files) and len(TfdsSource(NAME, split="train", data_dir=data_dir)) == len(stdlib_paths("train"))
+    texts = {open(p, encoding="utf-8", errors="replace", newline="").read() for p in files}
+    assert {val[i] for i in range(len(val))} == texts

@@ -78,6 +78,10 @@ def test_save_load_and_reuse_in_workdir(stdlib_tokenizer, tokenizer_workdir):
     assert time.perf_counter() - start < 0.5 and os.path.getmtime(path) == mtime
     text = "for i in range(10):\n    print(i)\n"
     np.testing.assert_array_equal(again.encode(text), stdlib_tokenizer.encode(text))
+    retrained = train_or_load_tokenizer({"source": "stdlib", "tokenizer_train_chars": 1_000_000},
+                                        os.path.join(tokenizer_workdir, "again"))
+    with open(path, "rb") as a, open(retrained.model_path, "rb") as b:
+        assert a.read() == b.read()  # training is deterministic: every host of a job gets the same model
     direct = train_or_load_tokenizer({"tokenizer_path": path}, None)
     assert direct.vocab_size == 1024
     with pytest.raises(ValueError, match=r"^workdir: None; expected a directory"):
