@@ -85,7 +85,8 @@ def test_weight_small_t_no_cancellation_and_jit():
 
 def test_get_schedule_errors():
     assert schedule_names() == ("cosine", "linear", "loglinear", "poly")
-    with pytest.raises(ValueError, match=r"^schedule: 'x'; expected one of \('cosine', 'linear', 'loglinear', 'poly'\)$"):
+    expected = r"^schedule: 'x'; expected one of \('cosine', 'linear', 'loglinear', 'poly'\)$"
+    with pytest.raises(ValueError, match=expected):
         get_schedule("x")
     with pytest.raises(ValueError, match="eps"):
         get_schedule("linear", eps=0.6)
