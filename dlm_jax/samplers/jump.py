@@ -5,8 +5,8 @@ Seam: ``denoise_fn(x [B, L] int32, t [B], h [B]) -> log-probs [B, L, V]`` over t
 (logits are accepted too: they are log-softmax-normalised here). Time direction: **t = 0 is the
 source (mask or uniform noise), t = 1 is the data.** The mask id is ``V``.
 
-Both samplers are one ``jax.lax.scan`` over the grid ``t_k = k/N`` with ``h = 1/N`` and exactly one
-``denoise_fn`` call per step (``info["nfe"] = N``). They are pure and traceable: wrap them in
+Both samplers are one ``jax.lax.scan`` (the shared ``driver.run_scan``) over the grid ``t_k = k/N``
+with ``h = 1/N`` and exactly one ``denoise_fn`` call per step (``info["nfe"] = N``). They are pure and traceable: wrap them in
 ``jax.jit`` with ``denoise_fn`` closed over, e.g. ``jax.jit(lambda k: sample_fsdfm(fn, k, ...))``.
 All arguments are checked before anything is traced.
 
@@ -22,6 +22,7 @@ import numpy as np
 
 from dlm_jax.processes import flow
 from dlm_jax.samplers.categorical import _check_method, sample_categorical, top_p_filter
+from dlm_jax.samplers.driver import check_steps, run_scan
 
 Array = jax.Array
 
@@ -39,7 +40,7 @@ def _prepare(key, num_samples, length, steps, vocab_size, source, schedule, fixe
     """Validate everything, then build the initial state ``x_0`` and the fixed mask ``[B, L]``."""
     b = _check_int("num_samples", num_samples, 1)
     n_len = _check_int("length", length, 1)
-    _check_int("steps", steps, 1)
+    check_steps(steps)
     v = _check_int("vocab_size", vocab_size, 2)
     flow.check_source(source)
     schedule = flow.get_schedule(schedule)
@@ -70,8 +71,9 @@ def _prepare(key, num_samples, length, steps, vocab_size, source, schedule, fixe
 
 
 def _grid(steps: int, b: int):
+    """Flow grid ``t_k = k/N`` (``[N+1]``, t: 0 = source → 1 = data) and ``h = 1/N`` per sample."""
     dtype = jnp.result_type(float)  # float64 under x64, else float32
-    t = jnp.arange(steps, dtype=dtype) / steps
+    t = jnp.arange(steps + 1, dtype=dtype) / steps
     h = jnp.full((b,), 1.0 / steps, dtype)
     return t, h
 
@@ -86,8 +88,22 @@ def _unmasked(x, vocab_size):
     return jnp.mean(x != vocab_size)
 
 
-def _info(steps, fractions, source):
-    info = {"nfe": jnp.int32(steps)}
+def _run(step, x0, steps, num_samples, key, vocab_size):
+    """Drive ``step(x, k, t, key) -> x`` with the shared scan driver; the carry also records the
+    unmasked fraction after every step. One denoiser call per step."""
+    grid, _ = _grid(steps, num_samples)
+    fractions0 = jnp.zeros((steps,), jnp.result_type(float))
+
+    def step_fn(carry, st):
+        x, fractions = carry
+        x = step(x, st["k"], st["t"], st["key"])
+        return (x, fractions.at[st["k"]].set(_unmasked(x, vocab_size).astype(fractions.dtype))), 1
+
+    return run_scan(step_fn, (x0, fractions0), grid, {"key": jax.random.split(key, steps)})
+
+
+def _info(nfe, fractions, source):
+    info = {"nfe": nfe}
     if source == "mask":
         info["unmasked_fraction"] = fractions
     return info
@@ -108,7 +124,7 @@ def sample_fsdfm(denoise_fn, key: Array, *, num_samples: int, length: int, steps
     source, ``info["unmasked_fraction"] [N]``."""
     schedule, x0, fixed, key = _prepare(key, num_samples, length, steps, vocab_size, source, schedule,
                                         fixed, fixed_tokens, categorical_method, top_p)
-    ts, h = _grid(steps, num_samples)
+    _, h = _grid(steps, num_samples)
 
     def last(args):
         k_draw, x, log_p, _ = args
@@ -120,16 +136,13 @@ def sample_fsdfm(denoise_fn, key: Array, *, num_samples: int, length: int, steps
         k_draw, x, log_p, tb = args
         return flow.jump(k_draw, x, log_p, tb, h, schedule, frozen=fixed, categorical_method=categorical_method)
 
-    def body(x, inputs):
-        k, t, k_step = inputs
+    def step(x, k, t, k_step):
         tb = jnp.full((num_samples,), t)
         log_p = _posterior(denoise_fn, x, tb, h, top_p)
-        x = jax.lax.cond(k == steps - 1, last, move, (k_step, x, log_p, tb))
-        return x, _unmasked(x, vocab_size)
+        return jax.lax.cond(k == steps - 1, last, move, (k_step, x, log_p, tb))
 
-    keys = jax.random.split(key, steps)
-    x, fractions = jax.lax.scan(body, x0, (jnp.arange(steps), ts, keys))
-    return x, _info(steps, fractions, source)
+    (x, fractions), nfe = _run(step, x0, steps, num_samples, key, vocab_size)
+    return x, _info(nfe, fractions, source)
 
 
 def sample_dfm_euler(denoise_fn, key: Array, *, num_samples: int, length: int, steps: int, vocab_size: int,
@@ -149,20 +162,17 @@ def sample_dfm_euler(denoise_fn, key: Array, *, num_samples: int, length: int, s
     Returns ``(tokens [B, L] int32, info)`` as ``sample_fsdfm``."""
     schedule, x0, fixed, key = _prepare(key, num_samples, length, steps, vocab_size, source, schedule,
                                         fixed, fixed_tokens, categorical_method, top_p)
-    ts, h = _grid(steps, num_samples)
+    _, h = _grid(steps, num_samples)
 
-    def body(x, inputs):
-        k, t, k_step = inputs
+    def step(x, k, t, k_step):
         k_draw, k_u = jax.random.split(k_step)
         tb = jnp.full((num_samples,), t)
         log_p = _posterior(denoise_fn, x, tb, h, top_p)
         xhat = sample_categorical(k_draw, log_p, categorical_method)
         p_jump = -jnp.expm1(-h[:, None] * schedule.rate(tb)[:, None])
-        u = jax.random.uniform(k_u, x.shape, dtype=ts.dtype)
+        u = jax.random.uniform(k_u, x.shape, dtype=h.dtype)
         moves = (xhat != x) & ((u < p_jump) | (k == steps - 1))
-        x = jnp.where(moves & ~fixed, xhat, x)
-        return x, _unmasked(x, vocab_size)
+        return jnp.where(moves & ~fixed, xhat, x)
 
-    keys = jax.random.split(key, steps)
-    x, fractions = jax.lax.scan(body, x0, (jnp.arange(steps), ts, keys))
-    return x, _info(steps, fractions, source)
+    (x, fractions), nfe = _run(step, x0, steps, num_samples, key, vocab_size)
+    return x, _info(nfe, fractions, source)
