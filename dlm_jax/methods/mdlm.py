@@ -34,7 +34,7 @@ Config keys read by ``build`` (``config.method.get(key, default)``):
 ``time_conditioning``  ``False``        feed time to the model; False feeds ``cond["t"] = 0``
 ``time_input``         ``"t"``          what ``cond["t"]`` carries when conditioned: ``"t"``
                                         or ``"sigma"`` (= −log α_t, MDLM's σ)
-``sampler``            ``"mdlm"``       default sampler name for ``sample``
+``sampler``            ``"mdlm"``       default sampler for ``sample`` (``samplers.get_sampler``)
 =====================  ===============  ====================================================
 
 plus ``config.model.vocab_size`` (fallback ``config.data.tokenizer_vocab_size``): V, the number
@@ -190,21 +190,11 @@ def _vocab_size(config) -> int:
     return v
 
 
-def _lazy_get_sampler(name: str):
-    """Resolve a sampler by name at call time (the samplers package is built separately).
-    Uses ``dlm_jax.samplers.get_sampler`` when it exists; otherwise falls back to
-    ``dlm_jax.samplers.masked.sample_mdlm`` for the MDLM ancestral sampler names."""
-    import dlm_jax.samplers as samplers  # lazy: samplers may import methods-level helpers
+def _get_sampler(name: str):
+    """Resolve a sampler by name at call time (lazy: the samplers layer loads only when sampling)."""
+    from dlm_jax.samplers import get_sampler
 
-    get_sampler = getattr(samplers, "get_sampler", None)
-    if get_sampler is not None:
-        return get_sampler(name)
-    # FALLBACK until dlm_jax.samplers.get_sampler exists.
-    if name in ("mdlm", "mdlm_cache", "ddpm_cache"):
-        from dlm_jax.samplers.masked import sample_mdlm
-
-        return sample_mdlm
-    raise ValueError(f"sampler: {name!r}; expected 'mdlm' (dlm_jax.samplers.get_sampler is not available)")
+    return get_sampler(name)
 
 
 def build(config, apply_fn: Callable) -> Method:
@@ -257,10 +247,10 @@ def build(config, apply_fn: Callable) -> Method:
         length = length or default_length
         if length is None:
             raise ValueError("length: None; expected an int (or set config.data.seq_len)")
-        fn = _lazy_get_sampler(sampler or default_sampler)
+        fn = _get_sampler(sampler or default_sampler)
         denoise = denoise_fn(apply_fn, params, vocab_size, schedule, time_conditioning=time_conditioning,
                              time_input=time_input)
-        return fn(denoise, rng, num_samples=num_samples, length=length, steps=steps, mask_id=mask_id,
-                  vocab_size=vocab_size, **kw)
+        # Masked samplers take the mask id to be ``vocab_size`` (CONVENTIONS.md).
+        return fn(denoise, rng, num_samples=num_samples, length=length, steps=steps, vocab_size=vocab_size, **kw)
 
     return Method(name="mdlm", loss=loss, evaluate=evaluate, sample=sample)
