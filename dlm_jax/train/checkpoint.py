@@ -9,7 +9,8 @@ Each step directory holds three items:
 
 Atomicity: Orbax writes ``<step>.orbax-checkpoint-tmp`` and renames it when every item is
 committed; a tmp directory is never listed as a step (and is removed on the next start), so a
-crash mid-save cannot produce a "latest" checkpoint.  A latest checkpoint that is complete but
+crash mid-save cannot produce a "latest" checkpoint (leftover tmp directories are deleted when
+the next Checkpointer opens the workdir; Orbax 0.12.8's own cleanup leaves them).  A latest checkpoint that is complete but
 damaged (a truncated or deleted file) fails to restore: ``restore_latest`` warns, naming the
 step directory, and falls back to the previous one.
 
@@ -27,6 +28,7 @@ import functools
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import time
@@ -141,11 +143,26 @@ class Checkpointer:
         self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
         self.every = int(every)
         self.last_save_block_s = 0.0
+        self.removed_tmp = self._remove_unfinished()
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=int(keep), enable_async_checkpointing=async_save,
                 cleanup_tmp_directories=True, create=True))
+
+    def _remove_unfinished(self) -> list[str]:
+        """Delete ``<step>.orbax-checkpoint-tmp*`` left by a crash mid-save (process 0)."""
+        removed = []
+        if jax.process_index() == 0 and os.path.isdir(self.directory):
+            for name in sorted(os.listdir(self.directory)):
+                if ".orbax-checkpoint-tmp" in name:
+                    shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+                    removed.append(name)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("dlm_jax checkpoint tmp cleanup")
+        return removed
 
     def step_dir(self, step: int) -> str:
         return os.path.join(self.directory, str(step))

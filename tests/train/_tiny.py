@@ -124,7 +124,7 @@ def tiny_config(**train_overrides) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.data = ml_collections.ConfigDict(dict(source="tiny", seq_len=8))
-    c.model = ml_collections.ConfigDict(dict(width=16, hidden=32, max_seq_len=64))
+    c.model = ml_collections.ConfigDict(dict(width=16, hidden=32, max_len=64))
     c.method = ml_collections.ConfigDict(dict(name="tiny", stochastic=True))
     c.train = ml_collections.ConfigDict(dict(
         steps=6, batch_size=16, lr=1e-2, warmup_steps=2, schedule="cosine", final_lr_frac=0.1,
