@@ -93,16 +93,17 @@ def _two_stage(key: Array, logits: Array) -> Array:
 def top_p_filter(logits: Array, top_p: float) -> Array:
     """Nucleus filtering on the last axis, as in ReMDM/MD4: sort descending, keep the prefix
     whose cumulative mass is ``<= top_p`` and always the first token; returns renormalised
-    log-probabilities with ``-inf`` outside the nucleus. ``top_p = 1`` keeps everything."""
+    log-probabilities with ``-inf`` outside the nucleus. ``top_p = 1`` keeps everything.
+
+    Implemented with one sort and a threshold (the smallest kept probability) instead of an
+    argsort and its inverse permutation; tokens tied with the last kept one are kept too."""
     if not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p: {top_p}; expected a value in (0, 1]")
     logp = jax.nn.log_softmax(logits, axis=-1)
     if top_p == 1.0:
         return logp
-    order = jnp.argsort(-logp, axis=-1)
-    sorted_logp = jnp.take_along_axis(logp, order, axis=-1)
+    sorted_logp = -jnp.sort(-logp, axis=-1)
     cum = jnp.cumsum(jnp.exp(sorted_logp), axis=-1)
-    keep_sorted = (cum <= top_p).at[..., 0].set(True)
-    inverse = jnp.argsort(order, axis=-1)
-    keep = jnp.take_along_axis(keep_sorted, inverse, axis=-1)
-    return jax.nn.log_softmax(jnp.where(keep, logp, -jnp.inf), axis=-1)
+    n_keep = jnp.maximum(jnp.sum(cum <= top_p, axis=-1, keepdims=True), 1)
+    threshold = jnp.take_along_axis(sorted_logp, n_keep - 1, axis=-1)
+    return jax.nn.log_softmax(jnp.where(logp >= threshold, logp, -jnp.inf), axis=-1)
