@@ -34,7 +34,7 @@ linear [W, C], fuse.proj ("th")}.
 """
 
 from dlm_jax.models.adapters import SelfCondProjection, TokenEmbedding, VectorAdapter, default_input_adapter
-from dlm_jax.models.api import abstract_model, build_model, count_params, make_apply
+from dlm_jax.models.api import abstract_model, build_model, count_params, make_apply, make_init
 from dlm_jax.models.config import DiTConfig
 from dlm_jax.models.dit import DiT, validate_inputs
 from dlm_jax.models.student_init import init_student_from_teacher
@@ -62,5 +62,6 @@ __all__ = [
     "default_input_adapter",
     "init_student_from_teacher",
     "make_apply",
+    "make_init",
     "validate_inputs",
 ]

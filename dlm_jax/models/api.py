@@ -24,16 +24,27 @@ def _check_config(config) -> DiTConfig:
     raise ValueError(f"config: {type(config).__name__}; expected a DiTConfig or a mapping of its fields")
 
 
+def make_init(config: DiTConfig, *, input_adapter=None):
+    """(graphdef, init) with a pure `init(key) -> params`; jit it with out_shardings to initialise a large
+    model directly sharded (no host copy)."""
+    config = _check_config(config)
+    graphdef, _ = abstract_model(config, input_adapter=input_adapter)
+
+    def init(key):
+        with nnx.use_eager_sharding(False):
+            return nnx.split(DiT(config, rngs=nnx.Rngs(params=key), input_adapter=input_adapter))[1]
+
+    return graphdef, init
+
+
 def build_model(config: DiTConfig, seed: int, *, input_adapter=None):
     """Initialise a DiT → (graphdef, params). params is the nnx.State of every model variable (all float32
     Params). `input_adapter`: optional factory `(config, rngs) -> nnx.Module` replacing the default input
-    embedding (see adapters.py)."""
-    config = _check_config(config)
+    embedding (see adapters.py). Initialisation runs as one jitted program."""
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed: {seed!r}; expected an int")
-    with nnx.use_eager_sharding(False):
-        model = DiT(config, rngs=nnx.Rngs(params=seed), input_adapter=input_adapter)
-    return nnx.split(model)
+    graphdef, init = make_init(config, input_adapter=input_adapter)
+    return graphdef, jax.jit(init)(jax.random.key(seed))
 
 
 def abstract_model(config: DiTConfig, *, input_adapter=None):
