@@ -36,7 +36,7 @@ def _recursion(kmax: int, a: float, cost) -> np.ndarray:
     out = np.zeros(kmax + 1)
     for n in range(1, kmax + 1):
         law = round_law(n, a)
-        out[n] = cost(n) + sum(law[k - 1] * out[n - k] for k in range(1, n + 1))
+        out[n] = cost(n) + law @ out[n - 1::-1]  # Σ_k P(N = k) out[n − k]
     return out
 
 
