@@ -1,0 +1,274 @@
+"""DFM: discrete flow matching on the mixture path (Gat et al.), the FS-DFM teacher, METHODS §2.3.
+
+Time direction: **t = 0 is the source (all-mask or uniform noise), t = 1 is the data.**
+``κ(t) = t^n`` (``exponent`` n, 1 for FS-DFM) is the probability a token has reached its data value.
+
+* Path: ``x_t^i = x_1^i`` w.p. ``κ(t)``, else the source token (mask id ``V``, or uniform on ``[V]``).
+* Model: the DiT (``conditioning="t"``) sees ``x_t`` (ids in ``[0, V]``) and ``cond={"t": t}``; its
+  logits ``[B, L, C]`` (``C = V + 1`` from the trainer, or ``V``) are cut to the ``V`` clean classes and
+  log-softmax normalised: the mask logit is dropped (``flow_logprobs``). This is the flow sampler seam.
+* Loss (per token, ``Σ loss·loss_mask / Σ loss_mask``): the generalized KL (default)
+  ``ℓ = −κ̇/(1−κ) [p(x_t) − δ(x_1=x_t) + (1 − δ(x_1=x_t)) log p(x_1)]`` or the cross-entropy
+  ``−log p(x_1)``, with ``t ~ U[0, 1 − time_epsilon)``, ``time_epsilon = 1e-5``.
+* ELBO evaluation (§2.3(c), ``elbo_terms``): the generalized KL of the *linear* path at K stratified
+  values ``κ_k = ((k + u_b)/K mod 1)·(1 − 10⁻³)`` (one uniform offset ``u_b`` per sequence, shared by
+  its K points), with the model queried at ``t = κ^{-1}(κ_k)`` (``κ^{1/n}``); the mean over k is a
+  per-token bound on ``−log p(x)`` in nats.
+
+Config keys read by ``build`` (``config.method.get(key, default)``):
+
+=================  ==============  ========================================================
+``source``         ``"mask"``      ``"mask"`` or ``"uniform"``
+``schedule``       ``"polynomial"`` κ schedule (``processes.flow``): polynomial / cosine
+``exponent``       ``1.0``         n of ``κ = t^n`` (polynomial only)
+``loss``           ``"gkl"``       ``"gkl"`` (generalized KL) or ``"ce"`` (cross-entropy)
+``time_epsilon``   ``1e-5``        training times ``t ~ U[0, 1 − time_epsilon)``
+``elbo_points``    ``32``          K, κ grid size of the ELBO evaluation
+``elbo_eps``       ``1e-3``        the grid is scaled by ``1 − elbo_eps``
+``sampler``        ``"dfm_euler"`` default sampler of ``sample`` (``samplers.get_sampler``)
+=================  ==============  ========================================================
+
+plus ``config.model.vocab_size`` (V clean classes; fallback ``config.data.tokenizer_vocab_size``),
+``config.model.conditioning`` (must be ``"t"`` when given), ``config.model.dropout`` and
+``config.data.seq_len`` (default sample length).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dlm_jax.methods.base import Method
+from dlm_jax.processes import flow
+
+__all__ = [
+    "LOSSES",
+    "flow_logprobs",
+    "logprobs_fn",
+    "denoise_fn",
+    "kappa_inverse",
+    "training_times",
+    "loss_terms",
+    "elbo_kappas",
+    "elbo_terms",
+    "masked_mean",
+    "schedule_from_config",
+    "vocab_size_from_config",
+    "build",
+]
+
+LOSSES = ("gkl", "ce")
+
+
+def flow_logprobs(logits, vocab_size: int):
+    """``[B, L, C ≥ V]`` logits -> log-probs ``[B, L, V]`` over the clean tokens (the mask logit and
+    any other extra class dropped), float32 or wider."""
+    logits = jnp.asarray(logits)
+    return jax.nn.log_softmax(logits[..., :vocab_size].astype(jnp.promote_types(logits.dtype, jnp.float32)), -1)
+
+
+def logprobs_fn(apply_fn: Callable, vocab_size: int, *, h_conditioned: bool = False):
+    """``apply_fn(params, x, cond) -> logits`` turned into ``(params, x, t, h=None, **apply_kw) ->
+    log-probs [B, L, V]``. ``t`` (and ``h``) ``[B]`` or scalar; t: 0 = source, 1 = data. ``h`` is fed
+    only to an h-conditioned model (the FS-DFM student); a teacher ignores it."""
+
+    def fn(params, x, t, h=None, **apply_kw):
+        x = jnp.asarray(x)
+        b = x.shape[0]
+        cond = {"t": jnp.broadcast_to(jnp.asarray(t, jnp.float32), (b,))}
+        if h_conditioned:
+            if h is None:
+                raise ValueError("h: None; expected step sizes [B] for an h-conditioned model")
+            cond["h"] = jnp.broadcast_to(jnp.asarray(h, jnp.float32), (b,))
+        return flow_logprobs(apply_fn(params, x, cond, **apply_kw), vocab_size)
+
+    return fn
+
+
+def denoise_fn(apply_fn: Callable, params, vocab_size: int, *, h_conditioned: bool = False):
+    """The flow sampler seam ``(x [B, L], t [B], h [B]) -> log-probs [B, L, V]`` (t: 0 = source,
+    1 = data) for a model with parameters ``params``."""
+    fn = logprobs_fn(apply_fn, vocab_size, h_conditioned=h_conditioned)
+
+    def denoise(x, t, h=None, **_):
+        return fn(params, x, t, h)
+
+    return denoise
+
+
+def kappa_inverse(kappa, schedule):
+    """``t`` with ``κ(t) = kappa`` (t: 0 = source, 1 = data): ``κ^{1/n}`` or ``(2/π) arcsin κ``."""
+    schedule = flow.get_schedule(schedule)
+    kappa = jnp.asarray(kappa)
+    if schedule.name == "cosine":
+        return jnp.arcsin(kappa) * (2.0 / jnp.pi)
+    return kappa if schedule.exponent == 1 else kappa ** (1.0 / schedule.exponent)
+
+
+def training_times(key, batch_size: int, time_epsilon: float = 1e-5, dtype=None):
+    """``t ~ U[0, 1 − time_epsilon)``, ``[B]`` (t: 0 = source, 1 = data)."""
+    dtype = dtype or jnp.result_type(float)
+    return jax.random.uniform(key, (batch_size,), dtype=dtype) * (1.0 - time_epsilon)
+
+
+def loss_terms(log_p, x1, xt, t, schedule, loss: str = "gkl"):
+    """Per-position DFM loss ``[B, L]``: generalized KL (rate of ``schedule`` at t) or cross-entropy.
+    ``log_p [B, L, V]`` over clean tokens; ``x_t`` may hold the mask id V; t: 0 = source, 1 = data."""
+    if loss == "ce":
+        return flow.cross_entropy_loss(log_p, x1)
+    return flow.generalized_kl_loss(log_p, x1, xt, t, schedule)
+
+
+def masked_mean(values, loss_mask=None):
+    """``(Σ v·mask / Σ mask, Σ v·mask, Σ mask)``; the mean is 0 when the mask is empty."""
+    values = jnp.asarray(values)
+    mask = jnp.ones_like(values) if loss_mask is None else jnp.asarray(loss_mask, values.dtype)
+    total = jnp.sum(jnp.where(mask > 0, values * mask, 0.0))
+    count = jnp.sum(mask)
+    return total / jnp.maximum(count, 1e-12), total, count
+
+
+def elbo_kappas(key, batch_size: int, num_points: int, eps: float = 1e-3, dtype=None):
+    """The ELBO grid ``[K, B]``: ``κ_{k,b} = ((k/K + u_b) mod 1)·(1 − eps)``, one offset ``u_b`` per
+    sequence shared by its K points (stratified in κ with a random shift)."""
+    dtype = dtype or jnp.result_type(float)
+    u = jax.random.uniform(key, (1, batch_size), dtype=dtype)
+    grid = jnp.arange(num_points, dtype=dtype)[:, None] / num_points
+    return jnp.mod(grid + u, 1.0) * (1.0 - eps)
+
+
+def elbo_terms(lp_fn: Callable, key, x1, *, source: str, vocab_size: int, schedule="linear",
+               num_points: int = 32, eps: float = 1e-3):
+    """Per-token ELBO integrand averaged over the K-point grid, ``[B, L]`` (nats; its per-token mean
+    bounds ``−log p(x)/L``). ``lp_fn(x_t, t) -> log-probs [B, L, V]`` with t in the model's time
+    (``t = κ^{-1}(κ_k)``; t: 0 = source, 1 = data). The path and the loss use the linear κ."""
+    x1 = jnp.asarray(x1)
+    k_grid, k_path = jax.random.split(key)
+    kappas = elbo_kappas(k_grid, x1.shape[0], num_points, eps)
+
+    def one(total, inputs):
+        kap, k = inputs
+        xt = flow.sample_path(k, x1, kap, source=source, vocab_size=vocab_size, schedule="linear")
+        lp = lp_fn(xt, kappa_inverse(kap, schedule))
+        return total + flow.generalized_kl_loss(lp, x1, xt, kap, "linear"), None
+
+    total, _ = jax.lax.scan(one, jnp.zeros(x1.shape, kappas.dtype), (kappas, jax.random.split(k_path, num_points)))
+    return total / num_points
+
+
+def schedule_from_config(method_cfg) -> flow.KappaSchedule:
+    """``method.schedule`` (``"polynomial"`` with ``method.exponent``, or a named κ schedule)."""
+    name = method_cfg.get("schedule", "polynomial")
+    if name == "polynomial":
+        exponent = method_cfg.get("exponent", 1.0)
+        if isinstance(exponent, bool) or not isinstance(exponent, (int, float)) or not exponent > 0:
+            raise ValueError(f"method.exponent: {exponent!r}; expected a number > 0")
+        return flow.KappaSchedule("polynomial", float(exponent))
+    try:
+        return flow.get_schedule(name)
+    except ValueError:
+        raise ValueError(f"method.schedule: {name!r}; expected one of {flow.SCHEDULES}") from None
+
+
+def vocab_size_from_config(config) -> int:
+    v = config.model.get("vocab_size", None) if "model" in config else None
+    if v is None and "data" in config:
+        v = config.data.get("tokenizer_vocab_size", None)
+    if not isinstance(v, int) or isinstance(v, bool) or v < 2:
+        raise ValueError(f"model.vocab_size: {v!r}; expected an int >= 2 (clean classes, mask id = V)")
+    return v
+
+
+def check_source(method_cfg) -> str:
+    source = method_cfg.get("source", "mask")
+    if source not in flow.SOURCES:
+        raise ValueError(f"method.source: {source!r}; expected one of {flow.SOURCES}")
+    return source
+
+
+def check_conditioning(config, expected: str) -> None:
+    cond = config.model.get("conditioning", None) if "model" in config else None
+    if cond is not None and cond != expected:
+        raise ValueError(f"model.conditioning: {cond!r}; expected {expected!r} for method "
+                         f"{config.method.get('name')!r}")
+
+
+def _check_float(method_cfg, key, default, lo, hi):
+    v = method_cfg.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v < hi:
+        raise ValueError(f"method.{key}: {v!r}; expected a number in [{lo}, {hi})")
+    return float(v)
+
+
+def _check_int(method_cfg, key, default, lo):
+    v = method_cfg.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+        raise ValueError(f"method.{key}: {v!r}; expected an int >= {lo}")
+    return int(v)
+
+
+def get_sampler(name: str):
+    """Resolve a sampler by name at call time (the samplers layer loads only when sampling)."""
+    from dlm_jax.samplers import get_sampler as _get
+
+    return _get(name)
+
+
+def build(config, apply_fn: Callable) -> Method:
+    """The DFM ``Method`` for ``apply_fn(params, x, cond, *, dropout_rng=None) -> logits [B, L, C]``;
+    config keys in the module docstring. Validates before anything compiles."""
+    mc = config.method
+    vocab_size = vocab_size_from_config(config)
+    check_conditioning(config, "t")
+    source = check_source(mc)
+    schedule = schedule_from_config(mc)
+    loss_name = mc.get("loss", "gkl")
+    if loss_name not in LOSSES:
+        raise ValueError(f"method.loss: {loss_name!r}; expected one of {LOSSES}")
+    time_epsilon = _check_float(mc, "time_epsilon", 1e-5, 0.0, 1.0)
+    num_points = _check_int(mc, "elbo_points", 32, 1)
+    elbo_eps = _check_float(mc, "elbo_eps", 1e-3, 0.0, 1.0)
+    default_sampler = mc.get("sampler", "dfm_euler")
+    use_dropout = "model" in config and float(config.model.get("dropout", 0.0) or 0.0) > 0.0
+    default_length = config.data.get("seq_len", None) if "data" in config else None
+    lp_fn = logprobs_fn(apply_fn, vocab_size)
+
+    def loss(params, batch, rng, step=None, aux=None):
+        """Per-token DFM loss (nats/token for "gkl") on ``batch["tokens"]`` and ``loss_mask``."""
+        del step, aux
+        x1 = jnp.asarray(batch["tokens"])
+        k_t, k_path, k_drop = jax.random.split(rng, 3)
+        t = training_times(k_t, x1.shape[0], time_epsilon)
+        xt = flow.sample_path(k_path, x1, t, source=source, vocab_size=vocab_size, schedule=schedule)
+        apply_kw = {"dropout_rng": k_drop} if use_dropout else {}
+        terms = loss_terms(lp_fn(params, xt, t, **apply_kw), x1, xt, t, schedule, loss_name)
+        mask = batch.get("loss_mask")
+        mean, total, count = masked_mean(terms, mask)
+        changed, _, _ = masked_mean((xt != x1).astype(terms.dtype), mask)
+        return mean, {"loss": mean, "loss_sum": total, "num_tokens": count, "noised_fraction": changed}
+
+    def evaluate(params, batch, rng):
+        """Sums for the caller: ``nelbo_sum`` (the §2.3(c) ELBO, nats) and ``num_tokens``."""
+        x1 = jnp.asarray(batch["tokens"])
+        terms = elbo_terms(functools.partial(lp_fn, params), rng, x1, source=source, vocab_size=vocab_size,
+                           schedule=schedule, num_points=num_points, eps=elbo_eps)
+        _, total, count = masked_mean(terms, batch.get("loss_mask"))
+        return {"nelbo_sum": total, "num_tokens": count}
+
+    def sample(params, rng, *, num_samples, steps, sampler=None, length=None, **kw):
+        """Generate with a flow sampler (default ``method.sampler``, the original DFM Euler solver);
+        the teacher ignores h. Returns ``(tokens, info)`` with ``info["nfe"]``."""
+        length = length or default_length
+        if length is None:
+            raise ValueError("length: None; expected an int (or set config.data.seq_len)")
+        fn = get_sampler(sampler or default_sampler)
+        kw.setdefault("source", source)
+        kw.setdefault("schedule", schedule)
+        return fn(denoise_fn(apply_fn, params, vocab_size), rng, num_samples=num_samples, length=length,
+                  steps=steps, vocab_size=vocab_size, **kw)
+
+    return Method(name="dfm", loss=loss, evaluate=evaluate, sample=sample)
