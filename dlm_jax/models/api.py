@@ -48,11 +48,19 @@ def build_model(config: DiTConfig, seed: int, *, input_adapter=None):
 
 
 def abstract_model(config: DiTConfig, *, input_adapter=None):
-    """(graphdef, params) with jax.ShapeDtypeStruct leaves: shapes without allocating (nnx.eval_shape)."""
+    """(graphdef, params) with jax.ShapeDtypeStruct leaves: shapes without allocating. Uses jax.eval_shape
+    (not nnx.eval_shape, which under an ambient mesh would resolve the logical names as mesh axes)."""
     config = _check_config(config)
-    with nnx.use_eager_sharding(False):
-        model = nnx.eval_shape(lambda: DiT(config, rngs=nnx.Rngs(params=0), input_adapter=input_adapter))
-    return nnx.split(model)
+    graphdef = []
+
+    def init():
+        with nnx.use_eager_sharding(False):
+            g, state = nnx.split(DiT(config, rngs=nnx.Rngs(params=0), input_adapter=input_adapter))
+        graphdef.append(g)
+        return state
+
+    state = jax.eval_shape(init)
+    return graphdef[0], state
 
 
 def make_apply(graphdef):

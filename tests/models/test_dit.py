@@ -188,6 +188,16 @@ def test_every_param_has_logical_partitioning():
         jax.sharding.PartitionSpec("embed", None, "heads", "kv")
 
 
+def test_build_works_under_a_mesh():
+    mesh = jax.make_mesh((len(jax.devices()),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    with jax.set_mesh(mesh):
+        g, p = build_model(cfg(), 0)
+        _, a = abstract_model(cfg())
+    g0, p0 = built(cfg())[:2]
+    assert g == g0 and count_params(a) == count_params(p0) == 37738
+    assert all(bool(jnp.array_equal(x, y)) for x, y in zip(jax.tree.leaves(p), jax.tree.leaves(p0)))
+
+
 def _hand_count(c: DiTConfig) -> int:
     w, k, m = c.width, c.cond_dim, c.mlp_ratio * c.width
     embed = c.vocab_size * w if c.input == "tokens" else c.input_dim * w + w
