@@ -90,20 +90,39 @@ def _two_stage(key: Array, logits: Array) -> Array:
     return (b * bucket + _inverse_cdf(u2, chosen)).astype(jnp.int32)
 
 
+def _nucleus_threshold(p: Array, top_p: float) -> Array:
+    """Smallest τ with ``Σ_j p_j 1[p_j ≥ τ] ≤ top_p`` (capped at ``max p``), by bisection on the
+    float bit pattern (monotone for non-negative floats): one O(V) masked sum per bit, no sort."""
+    bits = 32 if p.dtype == jnp.float32 else 64
+    itype = jnp.int32 if bits == 32 else jnp.int64
+    top = jnp.max(p, axis=-1, keepdims=True)
+    top_bits = jax.lax.bitcast_convert_type(top, itype)
+
+    def body(_, lohi):
+        lo, hi = lohi
+        mid = lo + (hi - lo) // 2
+        tau = jax.lax.bitcast_convert_type(mid, p.dtype)
+        ok = jnp.sum(jnp.where(p >= tau, p, 0.0), axis=-1, keepdims=True) <= top_p
+        return jnp.where(ok, lo, mid + 1), jnp.where(ok, mid, hi)
+
+    lo, _ = jax.lax.fori_loop(0, bits, body, (jnp.zeros_like(top_bits), top_bits + 1))
+    return jax.lax.bitcast_convert_type(jnp.minimum(lo, top_bits), p.dtype)
+
+
 def top_p_filter(logits: Array, top_p: float) -> Array:
     """Nucleus filtering on the last axis, as in ReMDM/MD4: sort descending, keep the prefix
     whose cumulative mass is ``<= top_p`` and always the first token; returns renormalised
     log-probabilities with ``-inf`` outside the nucleus. ``top_p = 1`` keeps everything.
 
-    Implemented with one sort and a threshold (the smallest kept probability) instead of an
-    argsort and its inverse permutation; tokens tied with the last kept one are kept too."""
+    Implemented without a sort (slow on CPU/TPU): token i is in that prefix iff the mass of the
+    tokens at least as probable as i is ``<= top_p``, so the nucleus is ``{p ≥ τ}`` for the
+    threshold τ found by bisection (``_nucleus_threshold``). Tokens tied at the cut are kept or
+    dropped together."""
     if not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p: {top_p}; expected a value in (0, 1]")
     logp = jax.nn.log_softmax(logits, axis=-1)
     if top_p == 1.0:
         return logp
-    sorted_logp = -jnp.sort(-logp, axis=-1)
-    cum = jnp.cumsum(jnp.exp(sorted_logp), axis=-1)
-    n_keep = jnp.maximum(jnp.sum(cum <= top_p, axis=-1, keepdims=True), 1)
-    threshold = jnp.take_along_axis(sorted_logp, n_keep - 1, axis=-1)
-    return jax.nn.log_softmax(jnp.where(logp >= threshold, logp, -jnp.inf), axis=-1)
+    p = jnp.exp(logp)
+    keep = p >= _nucleus_threshold(p, top_p)
+    return jax.nn.log_softmax(jnp.where(keep, logp, -jnp.inf), axis=-1)

@@ -151,3 +151,23 @@ def test_registry_and_validation_before_compiling():
                          ({"fixed": np.ones(L, bool)}, "^fixed_tokens: missing;")):
         with pytest.raises(ValueError, match=pattern):
             sample_mdlm(fn, key, **{**good, **bad})
+
+
+def test_draw_kernel_greedy_carry_over_and_top_p_predictor():
+    from dlm_jax.samplers.categorical import top_p_filter
+    from dlm_jax.samplers.masked import ancestral_draw, predictor
+
+    with jax.enable_x64(True):
+        logp = jnp.log(jnp.array([[[0.2, 0.5, 0.3], [0.6, 0.3, 0.1], [0.1, 0.1, 0.8], [0.3, 0.3, 0.4]]]))
+        z = jnp.array([[V, V, 2, 0]])
+        pi = jnp.array([[0.0, 1.0, 0.0, 1.0]])  # pos 0 must unmask, pos 1 stay masked, pos 3 remask
+        draw = jax.jit(lambda k: ancestral_draw(k, logp, z, pi, mask_id=V, greedy=True))
+        z_s, x = draw(jax.random.key(0))
+        np.testing.assert_array_equal(z_s, [[1, V, 2, V]])  # argmax at pos 0; carry-over keeps pos 2
+        np.testing.assert_array_equal(x, [[1, 0, 2, 0]])
+        table = JointTable.random(0)
+        zq = jnp.array([[V, 1, V, V]])
+        got = predictor(table.denoise_fn(V), 0.7)(zq, 0.5)
+        want = top_p_filter(jnp.log(table.masked_posteriors(zq, V)), 0.7)
+        np.testing.assert_allclose(np.exp(got), np.exp(want), rtol=0, atol=1e-12)
+        assert (np.asarray(got) == -np.inf).any()  # the nucleus actually cut something
