@@ -104,13 +104,17 @@ def validate_config(config, num_devices: int, process_count: int = 1, *,
 # Default components: the DiT, the method registry, the grain pipeline.
 # ----------------------------------------------------------------------------------------------
 def dit_model(config):
-    """``(graphdef, params)`` of the DiT: V + 1 input ids (mask id = V), V + 1 outputs by default."""
-    from dlm_jax.models import DiTConfig, build_model
+    """``(graphdef, init_params)`` of the DiT: V + 1 input ids (mask id = V), V + 1 outputs by
+    default. ``init_params()`` is pure (traced under ``jax.jit`` to build the params sharded)."""
+    from dlm_jax.models import DiTConfig
+    from dlm_jax.models.api import make_init
 
     m = {k: v for k, v in config.model.to_dict().items()}
     v = m.pop("vocab_size")
     m.setdefault("num_classes", v + 1)
-    return build_model(DiTConfig.from_dict(dict(m, vocab_size=v + 1)), int(config.seed))
+    graphdef, init = make_init(DiTConfig.from_dict(dict(m, vocab_size=v + 1)))
+    seed = int(config.seed)
+    return graphdef, lambda: init(jax.random.key(seed))
 
 
 def _pipeline_config(config):
@@ -201,7 +205,9 @@ def train(config, workdir: str, *, model_fn: Callable | None = None,
           method_fn: Callable | None = None, data_fn: Callable | None = None) -> dict[str, Any]:
     """Train (or resume) ``config`` in ``workdir``. Returns ``{"state", "step", "preempted"}``.
 
-    ``model_fn(config) -> (graphdef, params)``, ``method_fn(config, apply_fn) -> Method`` and
+    ``model_fn(config) -> (graphdef, init_params)`` (``init_params()`` pure and traceable; called
+    outside the mesh; ``state.trace_model`` adapts a ``build() -> (graphdef, params)``),
+    ``method_fn(config, apply_fn) -> Method`` and
     ``data_fn(config, *, split, process_index, process_count) -> iterator`` replace the DiT,
     the method registry and the grain pipeline (tests, forks).
     """
@@ -222,9 +228,9 @@ def train(config, workdir: str, *, model_fn: Callable | None = None,
     t, mc = config.train, config.mesh
     strategy, total = mc.get("strategy", "dp"), int(t.steps)
     mesh = mesh_lib.make_mesh(mc)
+    graphdef, init_params = (model_fn or dit_model)(config)  # outside the mesh: nnx.eval_shape
     with jax.set_mesh(mesh):
-        # Model, method, optimizer, abstract sharded state.
-        graphdef, init_params = state_lib.trace_model(lambda: (model_fn or dit_model)(config))
+        # Method, optimizer, abstract sharded state.
         method = (method_fn or build_method)(config, make_apply(graphdef))
         optimizer = optim.make_optimizer(t, total)
         args = (init_params, optimizer, method.init_extra, int(config.seed), mesh, strategy)
