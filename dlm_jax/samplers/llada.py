@@ -67,7 +67,7 @@ def _as_int(name, value, minimum):
     return int(value)
 
 
-def make_plan(denoise_fn: Callable, *, num_samples, length, steps, mask_id, vocab_size, block_length=None,
+def make_plan(denoise_fn: Callable, *, num_samples, length, steps, mask_id=None, vocab_size, block_length=None,
               selection="confidence", selections=("confidence", "random"), temperature=1.0, top_p=1.0,
               prefix=None, init=None, k_schedule: Optional[Sequence[int]] = None,
               categorical_method="auto") -> tuple[Plan, np.ndarray]:
@@ -81,7 +81,7 @@ def make_plan(denoise_fn: Callable, *, num_samples, length, steps, mask_id, voca
     length = _as_int("length", length, 1)
     vocab_size = _as_int("vocab_size", vocab_size, 1)
     steps = _as_int("steps", steps, 1)
-    mask_id = int(mask_id)
+    mask_id = int(vocab_size if mask_id is None else mask_id)  # CONVENTIONS: the mask id is V by default
     if 0 <= mask_id < vocab_size:
         _fail("mask_id", mask_id, f"an id outside the clean vocabulary [0, {vocab_size})")
     if selection not in selections:
@@ -253,7 +253,7 @@ def _llada_impl(denoise_fn, plan: Plan, key, init):
 _llada_jit = jax.jit(_llada_impl, static_argnums=(0, 1))
 
 
-def sample_llada(denoise_fn: Callable, key: Array, *, num_samples: int, length: int, steps: int, mask_id: int,
+def sample_llada(denoise_fn: Callable, key: Array, *, num_samples: int, length: int, steps: int, mask_id: int | None = None,
                  vocab_size: int, block_length: Optional[int] = None, selection: str = "low_confidence",
                  temperature: float = 1.0, top_p: float = 1.0, prefix=None, init=None, k_schedule=None,
                  categorical_method: str = "auto") -> tuple[Array, dict]:

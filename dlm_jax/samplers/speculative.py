@@ -189,7 +189,7 @@ def _fef_impl(denoise_fn, plan: Plan, poe: bool, key, init):
 _fef_jit = jax.jit(_fef_impl, static_argnums=(0, 1, 2))
 
 
-def sample_fef(denoise_fn: Callable, key: Array, *, num_samples: int, length: int, steps: int, mask_id: int,
+def sample_fef(denoise_fn: Callable, key: Array, *, num_samples: int, length: int, steps: int, mask_id: int | None = None,
                vocab_size: int, block_length: Optional[int] = None, selection: str = "confidence",
                temperature: float = 1.0, top_p: float = 1.0, target: str = "masked", prefix=None, init=None,
                k_schedule=None, categorical_method: str = "auto") -> tuple[Array, dict]:

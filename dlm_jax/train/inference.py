@@ -91,7 +91,7 @@ def load_run(workdir: str, *, step: int | None = None, use_ema: bool | None = No
     from dlm_jax.models import make_apply
 
     mesh = mesh_lib.make_mesh(config.mesh)
-    graphdef, init_params = loop.dit_model(config)
+    graphdef, init_params = state_lib.trace_model(lambda: loop.dit_model(config))
     with jax.set_mesh(mesh):
         method = build_method(config, make_apply(graphdef))
         optimizer = optim.make_optimizer(config.train, int(config.train.steps))

@@ -1,0 +1,130 @@
+"""Command line: ``python -m dlm_jax {train,sample,eval} [flags]``.
+
+    python -m dlm_jax train                                  # the offline demo (configs/demo.py)
+    python -m dlm_jax train --config configs/demo.py:tiny --workdir runs/t --config.train.steps=50
+    python -m dlm_jax sample --workdir runs/demo --steps 8,32 --sampler remdm_loop --num-samples 4
+    python -m dlm_jax eval --workdir runs/demo
+
+Thin by design: parse flags, call one function of ``dlm_jax.train``. ``train`` resumes when the
+workdir holds a checkpoint, then prints samples at ``config.sample.steps`` and the validation
+metrics. Config overrides use ml_collections flags (``--config.<key>=<value>``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+COMMANDS = ("train", "sample", "eval")
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_CONFIG = os.path.join(_REPO_ROOT, "configs", "demo.py")
+
+_CONFIG = config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Config file[:preset].", lock_config=False)
+flags.DEFINE_string("workdir", None, "Run directory (train: default config.workdir).")
+flags.DEFINE_list("steps", None, "sample: comma-separated step counts (default config.sample.steps).")
+flags.DEFINE_string("sampler", None, "sample: sampler name (default config.sample.sampler).")
+flags.DEFINE_integer("num_samples", None, "sample: sequences per step count.")
+flags.DEFINE_string("out", None, "sample: write samples to this JSONL file.")
+flags.DEFINE_integer("seed", 0, "sample/eval: PRNG seed.")
+flags.DEFINE_integer("batches", None, "eval: number of validation batches.")
+flags.DEFINE_bool("ema", None, "sample/eval: use the EMA params (default config.sample.use_ema).")
+FLAGS = flags.FLAGS
+
+
+def _normalise(argv: list[str]) -> list[str]:
+    """Accept ``--num-samples`` for ``--num_samples`` (flag names only, never values)."""
+    return [re.sub(r"^--([a-z0-9-]+)", lambda m: "--" + m.group(1).replace("-", "_"), a)
+            if a.startswith("--") and not a.startswith("--config") else a for a in argv]
+
+
+def _print_samples(run, steps_list, sampler, num_samples, seed, out):
+    from dlm_jax.train import inference
+
+    rows = []
+    for steps in steps_list:
+        tokens, info = inference.generate(run, steps=int(steps), sampler=sampler, num_samples=num_samples,
+                                          seed=seed)
+        texts = inference.decode(run, tokens)
+        name = sampler or run.config.sample.get("sampler", "default")
+        print(f"\n=== {name}, {steps} steps: NFE {int(info['nfe'].max())}, "
+              f"{info['seconds'] * 1e3:.0f} ms for {len(texts)} samples ===")
+        for i, text in enumerate(texts):
+            print(f"--- sample {i} ---\n{text[:600]}")
+            rows.append({"sampler": name, "steps": int(steps), "nfe": int(info["nfe"].max()),
+                         "text": text, "tokens": tokens[i].tolist(), "step": run.step})
+    if out:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        with open(out, "w") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+        print(f"\nwrote {len(rows)} samples to {out}")
+
+
+def _print_eval(run, batches, seed):
+    from dlm_jax.train import inference
+
+    metrics = inference.evaluate(run, num_batches=batches, seed=seed)
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k not in ("num_tokens", "num_batches"))
+    print(f"\nvalidation (step {run.step}, {int(metrics['num_tokens'])} tokens): {shown}")
+    return metrics
+
+
+def _run(argv: list[str]) -> None:
+    if len(argv) < 2 or argv[1] not in COMMANDS:
+        got = argv[1] if len(argv) > 1 else None
+        raise app.UsageError(f"command: {got!r}; expected one of {COMMANDS}")
+    if len(argv) > 2:
+        raise app.UsageError(f"unexpected arguments: {argv[2:]}")
+    command = argv[1]
+    if not FLAGS["verbosity"].present:  # Orbax/absl INFO lines drown the progress bar
+        logging.set_verbosity(logging.ERROR)
+    from dlm_jax.train import inference
+
+    if command == "train":
+        from dlm_jax.train import loop
+
+        config = _CONFIG.value
+        workdir = FLAGS.workdir or config.get("workdir", None) or "runs/default"
+        result = loop.train(config, workdir)
+        if result["preempted"]:
+            return
+        import jax
+
+        if jax.process_index() != 0 or "sample" not in config:
+            return
+        run = inference.load_run(workdir, use_ema=FLAGS.ema)
+        steps = FLAGS.steps or list(config.sample.get("steps", (8,)))
+        _print_samples(run, steps, FLAGS.sampler, FLAGS.num_samples or config.sample.get("num_samples", 2),
+                       FLAGS.seed, FLAGS.out)
+        _print_eval(run, FLAGS.batches, FLAGS.seed)
+        return
+
+    if not FLAGS.workdir:
+        raise app.UsageError(f"--workdir: None; expected the run directory for `{command}`")
+    run = inference.load_run(FLAGS.workdir, use_ema=FLAGS.ema)
+    if command == "sample":
+        steps = FLAGS.steps or list(run.config.get("sample", {}).get("steps", (8,)))
+        _print_samples(run, steps, FLAGS.sampler, FLAGS.num_samples or 4, FLAGS.seed, FLAGS.out)
+    else:
+        _print_eval(run, FLAGS.batches, FLAGS.seed)
+
+
+def _run_reporting_errors(argv: list[str]) -> None:
+    """Bad input is a one-line message and exit status 2 (set DLM_JAX_TRACEBACK=1 for the trace)."""
+    try:
+        _run(argv)
+    except ValueError as e:
+        if os.environ.get("DLM_JAX_TRACEBACK"):
+            raise
+        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = _normalise(list(sys.argv if argv is None else argv))
+    app.run(_run_reporting_errors, argv=argv)
