@@ -53,6 +53,10 @@ def _print_samples(run, steps_list, sampler, num_samples, seed, out):
         name = sampler or run.config.sample.get("sampler", "default")
         print(f"\n=== {name}, {steps} steps: NFE {int(info['nfe'].max())}, "
               f"{info['seconds'] * 1e3:.0f} ms for {len(texts)} samples ===")
+        score = inference.exact_score(run, tokens)
+        if score is not None:
+            print(f"exact log p*(x)/L under the true chain: {score['log_prob_per_token']:.4f} "
+                  f"± {score['stderr']:.4f} (exact samples: {score['exact_per_token']:.4f})")
         for i, text in enumerate(texts):
             print(f"--- sample {i} ---\n{text[:600]}")
             rows.append({"sampler": name, "steps": int(steps), "nfe": int(info["nfe"].max()),

@@ -175,3 +175,20 @@ def evaluate(run: Run, *, num_batches: int | None = None, seed: int = 0) -> dict
         result["bits_per_token"] = result["nelbo"] / math.log(2)
         result["ppl_bound"] = math.exp(result["nelbo"])
     return result
+
+
+def exact_score(run: Run, tokens) -> dict[str, float] | None:
+    """For runs on the synthetic Markov language: the exact per-token log-likelihood of ``tokens``
+    under the true chain, beside the best achievable (−H/L). ``None`` for other sources."""
+    if run.config.data.get("source") != "markov":
+        return None
+    import numpy as np
+
+    from dlm_jax.data.pipeline import markov_language
+
+    length = int(np.shape(tokens)[-1])
+    lang = markov_language(loop._pipeline_config(run.config), length)
+    ll = np.asarray(lang.log_prob(jax.numpy.asarray(tokens)), np.float64) / length
+    return {"log_prob_per_token": float(ll.mean()),
+            "stderr": float(ll.std(ddof=1) / np.sqrt(len(ll))) if len(ll) > 1 else float("nan"),
+            "exact_per_token": -lang.entropy() / length}
