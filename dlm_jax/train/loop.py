@@ -104,17 +104,16 @@ def validate_config(config, num_devices: int, process_count: int = 1, *,
 # Default components: the DiT, the method registry, the grain pipeline.
 # ----------------------------------------------------------------------------------------------
 def dit_model(config):
-    """``(graphdef, init_params)`` of the DiT: V + 1 input ids (mask id = V), V + 1 outputs by
-    default. ``init_params()`` is pure (traced under ``jax.jit`` to build the params sharded)."""
-    from dlm_jax.models import DiTConfig
-    from dlm_jax.models.api import make_init
+    """``(graphdef, params)`` of the DiT: V + 1 input ids (mask id = V), V + 1 outputs by default.
+
+    The trainer traces it (``state.trace_model``) outside any mesh, so the params are never
+    materialised on one device: ``jax.jit(out_shardings=...)`` builds them sharded."""
+    from dlm_jax.models import DiTConfig, build_model
 
     m = {k: v for k, v in config.model.to_dict().items()}
     v = m.pop("vocab_size")
     m.setdefault("num_classes", v + 1)
-    graphdef, init = make_init(DiTConfig.from_dict(dict(m, vocab_size=v + 1)))
-    seed = int(config.seed)
-    return graphdef, lambda: init(jax.random.key(seed))
+    return build_model(DiTConfig.from_dict(dict(m, vocab_size=v + 1)), int(config.seed))
 
 
 def _pipeline_config(config):
@@ -205,8 +204,7 @@ def train(config, workdir: str, *, model_fn: Callable | None = None,
           method_fn: Callable | None = None, data_fn: Callable | None = None) -> dict[str, Any]:
     """Train (or resume) ``config`` in ``workdir``. Returns ``{"state", "step", "preempted"}``.
 
-    ``model_fn(config) -> (graphdef, init_params)`` (``init_params()`` pure and traceable; called
-    outside the mesh; ``state.trace_model`` adapts a ``build() -> (graphdef, params)``),
+    ``model_fn(config) -> (graphdef, params)`` (traced, outside the mesh: keep it pure),
     ``method_fn(config, apply_fn) -> Method`` and
     ``data_fn(config, *, split, process_index, process_count) -> iterator`` replace the DiT,
     the method registry and the grain pipeline (tests, forks).
@@ -228,28 +226,29 @@ def train(config, workdir: str, *, model_fn: Callable | None = None,
     t, mc = config.train, config.mesh
     strategy, total = mc.get("strategy", "dp"), int(t.steps)
     mesh = mesh_lib.make_mesh(mc)
-    graphdef, init_params = (model_fn or dit_model)(config)  # outside the mesh: nnx.eval_shape
+    # Model, method, optimizer, sharded state: traced outside the mesh context (nnx.eval_shape
+    # under jax.set_mesh would read the logical names as mesh axes); shardings are explicit.
+    graphdef, init_params = state_lib.trace_model(lambda: (model_fn or dit_model)(config))
+    method = (method_fn or build_method)(config, make_apply(graphdef))
+    optimizer = optim.make_optimizer(t, total)
+    args = (init_params, optimizer, method.init_extra, int(config.seed), mesh, strategy)
+    target, shards = state_lib.abstract_train_state(*args)
+
+    # Data, checkpoint, resume.
+    train_iter = data_fn(config, split="train", process_index=pid, process_count=nproc)
+    ck = config.checkpoint
+    checkpointer = ckpt_lib.Checkpointer(workdir, every=ck.every, keep=ck.keep,
+                                         async_save=ck.get("async_save", True))
+    restored = checkpointer.restore_latest(target, train_iter)
+    if restored is not None:
+        state, _ = restored
+        if pid == 0:
+            print(f"resumed from {checkpointer.step_dir(int(state.step))}", flush=True)
+    else:
+        state, _ = state_lib.create_train_state(*args)
+    start = int(jax.device_get(state.step))
+
     with jax.set_mesh(mesh):
-        # Method, optimizer, abstract sharded state.
-        method = (method_fn or build_method)(config, make_apply(graphdef))
-        optimizer = optim.make_optimizer(t, total)
-        args = (init_params, optimizer, method.init_extra, int(config.seed), mesh, strategy)
-        target, shards = state_lib.abstract_train_state(*args)
-
-        # Data, checkpoint, resume.
-        train_iter = data_fn(config, split="train", process_index=pid, process_count=nproc)
-        ck = config.checkpoint
-        checkpointer = ckpt_lib.Checkpointer(workdir, every=ck.every, keep=ck.keep,
-                                             async_save=ck.get("async_save", True))
-        restored = checkpointer.restore_latest(target, train_iter)
-        if restored is not None:
-            state, _ = restored
-            if pid == 0:
-                print(f"resumed from {checkpointer.step_dir(int(state.step))}", flush=True)
-        else:
-            state, _ = state_lib.create_train_state(*args)
-        start = int(jax.device_get(state.step))
-
         # Steps.
         make = (step_lib.make_train_step_shard_map if t.get("step_impl", "jit") == "shard_map"
                 else step_lib.make_train_step)

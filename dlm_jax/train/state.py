@@ -66,12 +66,13 @@ def create_train_state(init_params: Callable[[], Any], optimizer: optax.Gradient
                        init_extra: Callable[[Any], Any], seed: int, mesh: Mesh, strategy: str):
     """Initialise a sharded TrainState; returns ``(state, shardings)``.
 
-    ``init_params()`` must be traceable (e.g. ``lambda: build_model(cfg, seed)[1]``).
+    ``init_params()`` must be traceable (e.g. from ``trace_model``). Call it outside
+    ``jax.set_mesh``: nnx builders that run ``nnx.eval_shape`` under a mesh read the logical
+    names as mesh axes; the out_shardings carry the mesh.
     """
     _, shards = abstract_train_state(init_params, optimizer, init_extra, seed, mesh, strategy)
     init = jax.jit(_init_fn(init_params, optimizer, init_extra, seed), out_shardings=shards)
-    with jax.set_mesh(mesh):
-        return init(), shards
+    return init(), shards
 
 
 def trace_model(build_model: Callable[[], tuple[Any, Any]]):

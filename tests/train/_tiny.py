@@ -1,6 +1,6 @@
 """Tiny stand-ins for the model / method / data seams, used by the train-layer tests.
 
-* ``build_model(config)`` -> ``(graphdef, params)`` (``model_fn`` wraps it for the trainer):
+* ``build_model(config)`` -> ``(graphdef, params)``:
   embedding ("vocab","embed") -> MLP
   ("embed","mlp") / ("mlp","embed") -> tied-free readout ("embed","vocab"); LayerNorm ("norm").
 * ``build_method(config, apply_fn)`` -> a ``Method`` whose loss is token cross-entropy on a
@@ -51,13 +51,6 @@ def build_model(config):
     with nnx.use_eager_sharding(False):
         net = TinyNet(VOCAB, m.get("width", 16), m.get("hidden", 32), nnx.Rngs(config.seed))
     return nnx.split(net, nnx.Param)
-
-
-def model_fn(config):
-    """The trainer's model seam: ``(graphdef, init_params)``."""
-    from dlm_jax.train.state import trace_model
-
-    return trace_model(lambda: build_model(config))
 
 
 def build_method(config, apply_fn) -> Method:

@@ -56,7 +56,7 @@ def slow_data(cfg, *, split, process_index, process_count):
 def train():
     from dlm_jax.train import loop
 
-    out = loop.train(config(), SPEC["workdir"], model_fn=_tiny.model_fn,
+    out = loop.train(config(), SPEC["workdir"], model_fn=_tiny.build_model,
                      method_fn=_tiny.build_method, data_fn=slow_data)
     return {"step": out["step"], "preempted": out["preempted"], "process": jax.process_index()}
 

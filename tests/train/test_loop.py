@@ -23,7 +23,7 @@ from dlm_jax.train import checkpoint as ckpt_lib
 from dlm_jax.train import loop
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-COMPONENTS = dict(model_fn=_tiny.model_fn, method_fn=_tiny.build_method, data_fn=_tiny.build_data)
+COMPONENTS = dict(model_fn=_tiny.build_model, method_fn=_tiny.build_method, data_fn=_tiny.build_data)
 
 
 def _losses(workdir):
