@@ -1,0 +1,137 @@
+"""FS-DFM (METHODS §6): a DFM teacher is pretrained first, then the (t, h) student is distilled from a
+copy of it. Two configs chained through the teacher's workdir (the student's ``method.init_from``):
+
+    # 1. DFM teacher (stage 0): generalized KL, mask source, κ = t
+    python -m dlm_jax train --config configs/fsdfm.py:teacher_demo     # -> runs/fsdfm_teacher_demo
+    # 2. FS-DFM student (stage 1): initialised from the teacher, RK-4 shortcut distillation
+    python -m dlm_jax train --config configs/fsdfm.py:demo             # -> runs/fsdfm_demo
+
+Presets: ``teacher_tiny`` / ``tiny`` (tests, under a minute each), ``teacher_demo`` / ``demo`` (a few CPU
+minutes each; both on the synthetic Markov-chain language, V = 8, L = 32, so samples can be scored
+exactly), ``teacher_paper`` / ``paper`` (1,024 tokens, DiT 768/12/12 cond 128, the paper's optimiser).
+Append ``_uniform`` to any preset for the uniform source (e.g. ``paper_uniform``, the released
+checkpoints' source); teacher and student must use the same source.
+
+Student initialisation: the trainer builds params from ``config.model`` only, so until it calls
+``dlm_jax.methods.fsdfm.init_params`` itself, the student is initialised from the teacher when
+trained through ``train(config, workdir, model_fn=fsdfm.make_model_fn(config))`` (what
+``benchmarks/fsdfm_few_step.py`` does). ``model.identity_h_init=True`` makes the student equal to the
+teacher at step 0 (tiny/demo); ``paper`` keeps the reference's random fuser init.
+"""
+
+import ml_collections
+
+PRESETS = ("teacher_tiny", "tiny", "teacher_demo", "demo", "teacher_paper", "paper")
+
+
+def _sizes(scale):
+    return {"tiny": dict(width=32, depth=1, heads=2, cond_dim=16),
+            "demo": dict(width=64, depth=2, heads=2, cond_dim=32),
+            "paper": dict(width=768, depth=12, heads=12, cond_dim=128)}[scale]
+
+
+def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
+    name, source = (arg[: -len("_uniform")], "uniform") if arg.endswith("_uniform") else (arg, "mask")
+    if name not in PRESETS:
+        raise ValueError(f"config preset: {arg!r}; expected one of {PRESETS} (optionally + '_uniform')")
+    teacher = name.startswith("teacher_")
+    scale = name[len("teacher_"):] if teacher else name
+    suffix = "" if source == "mask" else "_uniform"
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.workdir = f"runs/fsdfm_{name}{suffix}"
+    teacher_workdir = f"runs/fsdfm_teacher_{scale}{suffix}"
+
+    c.data = ml_collections.ConfigDict()
+    if scale == "paper":
+        c.data.source = "tfds"  # FineWeb-Edu in the paper: point tfds_name / tfds_data_dir at a prepared copy
+        c.data.tfds_name = "fineweb_edu"
+        c.data.tokenizer_vocab_size = 50257
+        c.data.seq_len = 1024
+    else:
+        c.data.source = "markov"
+        c.data.markov_vocab = 8
+        c.data.markov_seed = 0
+        c.data.markov_concentration = 0.5
+        c.data.seq_len = 16 if scale == "tiny" else 32
+
+    c.model = ml_collections.ConfigDict(_sizes(scale))
+    c.model.max_len = c.data.seq_len
+    c.model.conditioning = "t" if teacher else "th"
+    c.model.dropout = 0.0
+    c.model.dtype = "bfloat16" if scale == "paper" else "float32"
+    if not teacher:
+        c.model.identity_h_init = scale != "paper"
+
+    c.method = ml_collections.ConfigDict()
+    c.method.name = "dfm" if teacher else "fsdfm"
+    c.method.source = source
+    c.method.schedule = "polynomial"
+    c.method.exponent = 1.0
+    c.method.elbo_points = 8 if scale == "tiny" else 32
+    if teacher:
+        c.method.loss = "gkl"
+        c.method.time_epsilon = 1e-5
+        c.method.sampler = "dfm_euler"
+    else:
+        c.method.n_ref = 1024 if scale == "paper" else 64 if scale == "demo" else 8
+        c.method.policy = "inverse_h"
+        c.method.anneal_every = 20_000
+        c.method.teacher = "rk4"
+        c.method.rk4_labels = "faithful"
+        c.method.tau = 1.0
+        c.method.just_student = True
+        c.method.teacher_workdir = teacher_workdir  # read only when just_student=False
+        c.method.teacher_weights = "params"
+        c.method.init_from = teacher_workdir
+        c.method.sampler = "fsdfm"
+
+    c.train = ml_collections.ConfigDict()
+    if scale == "paper":
+        c.train.steps = 1_000_000 if teacher else 500_000
+        c.train.batch_size = 128 if teacher else 96
+        c.train.lr = 3e-4 if teacher else 1e-5
+        c.train.warmup_steps = 10_000
+        c.train.weight_decay = 0.03
+        c.train.b1, c.train.b2 = 0.9, 0.95
+        c.train.compute_dtype = "bfloat16"
+        c.train.log_every, c.train.eval_every, c.train.eval_batches = 100, 10_000, 16
+    else:
+        c.train.steps = {"tiny": 20, "demo": 3000}[scale] if teacher else {"tiny": 10, "demo": 2000}[scale]
+        c.train.batch_size = 8 if scale == "tiny" else 64
+        c.train.lr = 3e-3 if teacher else 1e-3
+        c.train.warmup_steps = 5 if scale == "tiny" else 100
+        c.train.weight_decay = 0.0
+        c.train.b1, c.train.b2 = 0.9, 0.999
+        c.train.log_every = 5 if scale == "tiny" else 50
+        c.train.eval_every = 10 if scale == "tiny" else 1000
+        c.train.eval_batches = 1 if scale == "tiny" else 4
+    c.train.schedule = "cosine"
+    c.train.final_lr_frac = 0.1
+    c.train.eps = 1e-8
+    c.train.grad_clip = 1.0
+    # The paper's EMA (0.9995) averages over ~2k steps: as long as the whole demo run, so the small
+    # presets use a shorter EMA for the shortcut teacher.
+    c.train.ema_decay = 0.9995 if scale == "paper" else 0.99 if scale == "demo" else 0.9
+    c.train.microbatches = 1
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1
+    c.mesh.fsdp = 1
+    c.mesh.tensor = 1
+    c.mesh.strategy = "dp"
+    c.mesh.distributed = "off"
+    c.mesh.coordinator_address = ""
+    c.mesh.num_processes = 1
+    c.mesh.process_id = 0
+    c.mesh.initialization_timeout = 300
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every = 10 if scale == "tiny" else 1000 if scale == "demo" else 10_000
+    c.checkpoint.keep = 2
+
+    c.sample = ml_collections.ConfigDict()
+    c.sample.sampler = "dfm_euler" if teacher else "fsdfm"
+    c.sample.steps = (8, 64, 1024) if teacher else (1, 2, 4, 8)
+    c.sample.num_samples = 2 if scale == "tiny" else 8
+    return c
