@@ -25,7 +25,7 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     c.data.seq_len = 128 if arg == "demo" else 64
 
     c.model = ml_collections.ConfigDict()
-    c.model.width = 256 if arg == "demo" else 64
+    c.model.width = 128 if arg == "demo" else 64
     c.model.depth = 4 if arg == "demo" else 2
     c.model.heads = 4 if arg == "demo" else 2
     c.model.cond_dim = 64 if arg == "demo" else 32
@@ -47,7 +47,7 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     c.train.weight_decay = 0.0
     c.train.b1, c.train.b2 = 0.9, 0.999
     c.train.grad_clip = 1.0
-    c.train.ema_decay = 0.999 if arg == "demo" else 0.9
+    c.train.ema_decay = 0.99 if arg == "demo" else 0.9
     c.train.microbatches = 1
     c.train.log_every = 10
     c.train.eval_every = 200 if arg == "demo" else 15
@@ -72,4 +72,5 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     c.sample.sampler = "mdlm_cache"
     c.sample.steps = (8, 32, 128) if arg == "demo" else (8,)
     c.sample.num_samples = 3 if arg == "demo" else 2
+    c.sample.use_ema = arg == "demo"
     return c
