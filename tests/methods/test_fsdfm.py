@@ -311,3 +311,34 @@ def test_bad_model_and_step_inputs_raise():
         method.sample(None, jax.random.key(0), num_samples=2, steps=0, length=3)
     with pytest.raises(ValueError, match="n_ref"):
         ft.sample_t_h(jax.random.key(0), 4, n_ref=12)
+
+
+@pytest.mark.slow
+def test_student_init_from_a_trained_dfm_workdir(tmp_path):
+    """The two-stage recipe: ``teacher_tiny`` trained for 5 steps by the real trainer, then
+    ``make_model_fn`` restores its checkpoint (``load_workdir_params``: bit-equal to the trainer's
+    final params) and builds an identity-initialised student that computes the teacher's function."""
+    import sys
+
+    from dlm_jax.train import loop
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[2] / "configs"))
+    import fsdfm as presets
+
+    t_cfg = presets.get_config("teacher_tiny")
+    t_cfg.train.steps, t_cfg.train.eval_every, t_cfg.checkpoint.every = 5, 0, 5
+    out = loop.train(t_cfg, str(tmp_path / "teacher"))
+    graphdef, params, saved = fsdfm.load_workdir_params(str(tmp_path / "teacher"))
+    assert saved.method.name == "dfm" and saved.model.vocab_size == 8
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(jax.device_get(out["state"].params))):
+        np.testing.assert_array_equal(a, b)
+    s_cfg = presets.get_config("tiny")
+    s_cfg.method.init_from = str(tmp_path / "teacher")
+    s_cfg.model.vocab_size = 8
+    s_graph, s_params = fsdfm.make_model_fn(s_cfg)(s_cfg)
+    x = jax.random.randint(jax.random.key(0), (3, 16), 0, 9)
+    t = jnp.array([0.1, 0.5, 0.9])
+    ref = dfm.logprobs_fn(make_apply(graphdef), 8)(params, x, t)
+    got = dfm.logprobs_fn(make_apply(s_graph), 8, h_conditioned=True)(s_params, x, t, jnp.full((3,), 0.25))
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    assert float(jnp.std(ref)) > 1e-4  # trained away from the zero-init output
