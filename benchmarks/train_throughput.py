@@ -93,7 +93,20 @@ def _rope_split():
     attention.apply_rotary = apply_rotary
 
 
+def _qkv_split():
+    from dlm_jax.models import attention
+
+    def qkv_rotated(self, x, cos, sin):
+        kernel = self.qkv.kernel[...].astype(self.qkv.dtype)  # [W, 3, H, D]
+        xd = x.astype(self.qkv.dtype)
+        q, k, v = (jnp.einsum("blw,whd->blhd", xd, kernel[:, i]) for i in range(3))
+        return attention.apply_rotary(q, cos, sin), attention.apply_rotary(k, cos, sin), v
+
+    attention.Attention.qkv_rotated = qkv_rotated
+
+
 VARIANTS = {
+    "qkv_split": (_qkv_split, "q, k, v as three dots on kernel slices (no slicing of the [B,L,3,H,D] activation)"),
     "onehot_embed": (_onehot_embed, "token embedding as one_hot(x) @ table instead of a gather (jnp.take)"),
     "einsum_attn": (_einsum_attn, "plain einsum/softmax attention instead of jax.nn.dot_product_attention"),
     "rope_split": (_rope_split, "rotary on halves (one concat) instead of rotate-half concat + full multiply"),
@@ -136,16 +149,14 @@ class JaxBench:
         self.p, self.cfg = p, make_config(p, dtype)
         mcfg = dit_config(p, dtype)
         self.mesh = mesh_lib.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
-        # Built outside the mesh: in this tree nnx.eval_shape inside build_model fails under jax.set_mesh
-        # ("Resource axis: vocab ... not found in mesh"); on one device the concrete params are just closed over.
-        graphdef, params0 = build_model(mcfg, 0)
-        init_params = lambda: params0  # noqa: E731
+        # As dlm_jax.train.loop.train: model traced and state created outside the mesh context, mesh around steps.
+        graphdef, init_params = state_lib.trace_model(lambda: build_model(mcfg, 0))
+        self.apply = make_apply(graphdef)
+        self.method = mdlm.build(self.cfg, self.apply)
+        self.optimizer = optim.make_optimizer(self.cfg.train, 10_000)
+        self.state, shards = state_lib.create_train_state(
+            init_params, self.optimizer, self.method.init_extra, 0, self.mesh, "dp")
         with jax.set_mesh(self.mesh):
-            self.apply = make_apply(graphdef)
-            self.method = mdlm.build(self.cfg, self.apply)
-            self.optimizer = optim.make_optimizer(self.cfg.train, 10_000)
-            self.state, shards = state_lib.create_train_state(
-                init_params, self.optimizer, self.method.init_extra, 0, self.mesh, "dp")
             self.step_fn = step_lib.make_train_step(self.method, self.cfg.train, mesh=self.mesh,
                                                     state_shardings=shards, total_steps=10_000, donate=donate)
         self.n_params = count_params(self.state.params)
@@ -292,10 +303,10 @@ def main(argv=None):
     ap.add_argument("--json", default=None, help="write results here")
     args = ap.parse_args(argv)
 
-    for v in filter(None, args.variant.split(",")):
+    variants = [v for v in args.variant.split(",") if v]
+    for v in variants:
         if v not in VARIANTS:
             raise ValueError(f"--variant: {v!r}; expected a comma list of {tuple(VARIANTS)}")
-        VARIANTS[v][0]()
 
     if args.threads == 1:  # before the backend starts (the first jax call below)
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false "
@@ -325,6 +336,12 @@ def main(argv=None):
             p["batch"] = args.batch
         if args.seq_len:
             p["seq_len"] = args.seq_len
+        base_pieces = {}
+        if variants and (args.breakdown or args.breakdown_only):
+            # The unpatched model, compiled before the patches: base and variant are timed in the same run.
+            base_pieces = {f"jax base {k}": per_call(f) for k, f in JaxBench(p, args.dtype).pieces().items()}
+        for v in variants:
+            VARIANTS[v][0]()
         jb = JaxBench(p, args.dtype, donate=not args.no_donate)
         row = dict(preset=name, **p, params=jb.n_params)
         tb = None
@@ -353,7 +370,7 @@ def main(argv=None):
                 flops = flops_per_step(p, jb.n_params - n_embed * p["width"])
                 row["mfu"] = flops / (row["jax_ms"] / 1e3) / (args.peak_tflops * 1e12)
         if args.breakdown or args.breakdown_only:
-            pf = {f"jax {k}": per_call(f) for k, f in jb.pieces().items()}
+            pf = dict(base_pieces, **{f"jax {k}": per_call(f) for k, f in jb.pieces().items()})
             if tb is not None:
                 pf.update({f"torch {k}": per_call(f) for k, f in tb.pieces().items()})
             bt = interleaved(pf, args.repeats, args.steps)
@@ -391,6 +408,10 @@ def print_breakdown(r):
         for k in ("forward (loss)", "forward+backward", "optimizer (clip+AdamW)"):
             j, t = b.get(f"jax {k}"), b.get(f"torch {k}")
             print(f"| {k} | {j:.1f} | " + (f"{t:.1f} | {j / t:.2f} |" if t else "– | – |"))
+        for k in ("forward (loss)", "forward+backward", "optimizer (clip+AdamW)"):
+            if f"jax base {k}" in b:
+                print(f"| {k}, unpatched JAX (same run) | {b[f'jax base {k}']:.1f} | – | variant/base "
+                      f"{b[f'jax {k}'] / b[f'jax base {k}']:.2f} |")
     print(flush=True)
 
 
