@@ -10,10 +10,13 @@ Every position is proposed exactly once in a step and a round ends at each rejec
 the last position, so ``R(K) = 1 + (K − 1)(1 − a)`` in closed form, and ``S → 1/(1 − a)`` as
 ``K → ∞`` (``S → K`` as ``a → 1``).
 
-FeF refinement: the first slot of a step is proposed from ``f(X_t)``, the very context its target
-is computed from, so it is always accepted; a FeF step therefore takes ``max(1, R(K − 1))`` rounds
-in expectation (``step_rounds``). Rows: a round evaluates one row per remaining position,
-``W(n) = n + Σ_k P(N = k) W(n − k)``.
+FeF refinements (``speculative.py``): the first slot of a step is proposed from ``f(X_t)``, the
+very context its target is computed from, so it is committed without verification; the rounds of a
+step cover the other ``K − 1`` slots, ``R(K − 1)`` rounds in expectation (``step_rounds``, 0 for
+``K = 1``). A step's drafts come for free from the previous step's lookahead row unless that step
+ended with a rejection at its last slot (probability ``1 − a``) or had ``K = 1``: then one draft
+call. Rows: a round evaluates one row per remaining slot, ``W(n) = n + Σ_k P(N = k) W(n − k)``, plus
+one lookahead row (none in the last step). ``schedule_cost`` adds these up over a step schedule.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["round_law", "rounds_recursion", "rounds_closed_form", "step_rounds", "speedup", "speedup_large_k",
-           "rows_recursion", "acceptance_rate", "rounds_report"]
+           "rows_recursion", "schedule_cost", "acceptance_rate", "rounds_report"]
 
 
 def round_law(n: int, a: float) -> np.ndarray:
@@ -52,10 +55,8 @@ def rounds_closed_form(k, a):
 
 
 def step_rounds(k, a):
-    """Expected rounds of a FeF step, whose first slot is always accepted: ``max(1, R(K − 1, a))``
-    for ``K ≥ 1``, 0 for ``K = 0``."""
-    k = np.asarray(k, np.float64)
-    return np.where(k > 0, np.maximum(1.0, rounds_closed_form(k - 1, a)), 0.0)
+    """Expected rounds of a FeF step, whose first slot is free: ``R(K − 1, a)`` (0 for ``K ≤ 1``)."""
+    return rounds_closed_form(np.asarray(k, np.float64) - 1.0, a)
 
 
 def speedup(k: int, a: float) -> float:
@@ -73,9 +74,22 @@ def rows_recursion(k: int, a: float) -> float:
     return float(_recursion(int(k), float(a), float)[int(k)])
 
 
+def schedule_cost(ks, a: float) -> dict:
+    """Expected per-sample cost of FeF over a step schedule ``ks`` (committed count per step) at
+    constant overlap ``a``: ``nfe`` (draft calls + rounds), ``rows`` (draft rows + verification rows
+    + lookahead rows), ``rounds`` and ``draft_calls``."""
+    ks = [int(k) for k in ks]
+    rounds = [float(step_rounds(k, a)) for k in ks]
+    # Step s > 0 needs a draft call unless step s − 1 ended on an all-accepting round (K ≥ 2).
+    drafts = 1.0 + sum(1.0 if k == 1 else 1.0 - a for k in ks[:-1])
+    verify = sum(rows_recursion(k - 1, a) for k in ks)
+    look = sum(rounds[:-1])
+    return dict(nfe=drafts + sum(rounds), rows=drafts + verify + look, rounds=sum(rounds), draft_calls=drafts)
+
+
 def acceptance_rate(info: dict) -> float:
-    """Measured per-proposal acceptance rate ``accepted / (accepted + rejected)`` from a sampler's
-    info (includes the always-accepted first slots)."""
+    """Measured acceptance rate of verified proposals, ``accepted / (accepted + rejected)``, from a
+    sampler's info (the free first slots are not proposals)."""
     acc = float(np.sum(np.asarray(info["accepted"])))
     rej = float(np.sum(np.asarray(info["rejected"])))
     return acc / max(acc + rej, 1.0)
@@ -83,7 +97,7 @@ def acceptance_rate(info: dict) -> float:
 
 def rounds_report(info: dict, a: float) -> list[dict]:
     """Per step: K, measured mean rounds ± standard error, and the recursion ``R(K, a)`` and FeF
-    step prediction ``max(1, R(K − 1, a))`` beside it (K taken from the first sample)."""
+    step prediction ``R(K − 1, a)`` beside it (K taken from the first sample)."""
     rounds = np.asarray(info["rounds"], np.float64)
     ks = np.asarray(info["k"])
     rows = []

@@ -108,6 +108,19 @@ def _fef_round_law(f, ctx, slots, drafts):
     return out
 
 
+def _fef_step_law(f, ctx, slots):
+    """One FeF step: slot 1 is committed straight from its draft f(ctx) (its target context is
+    ctx itself), then rounds over the other slots with drafts f(ctx)."""
+    out = defaultdict(float)
+    d0 = f[ctx][slots[0]]
+    for v in range(V):
+        if d0[v] > 0:
+            c = _set(ctx, slots[0], v)
+            for c2, w2 in _fef_round_law(f, c, slots[1:], [f[ctx][s] for s in slots[1:]]).items():
+                out[c2] += d0[v] * w2
+    return out
+
+
 def _vanilla_step_law(f, ctx, slots):
     out = {}
     for vals in itertools.product(range(V), repeat=len(slots)):
@@ -131,8 +144,7 @@ def _exact_law(f, k_schedule, selection, fef=True):
                 conf = {i: f[ctx][i].max() for i in masked}
                 sets = [tuple(sorted(sorted(masked, key=lambda i: -conf[i])[:k]))]
             for slots in sets:
-                law = (_fef_round_law(f, ctx, slots, [f[ctx][s] for s in slots]) if fef
-                       else _vanilla_step_law(f, ctx, slots))
+                law = _fef_step_law(f, ctx, slots) if fef else _vanilla_step_law(f, ctx, slots)
                 for c2, w2 in law.items():
                     nxt[c2] += w * w2 / len(sets)
         states = nxt
@@ -161,30 +173,32 @@ def _mc_floor(p, n, reps=300, seed=0):
     return float(np.mean(tvs)), float(np.std(tvs))
 
 
-def test_end_to_end_monte_carlo(table):
-    """The jitted sampler itself: one step with K = L, 10⁵ samples (exactness proper is the
-    enumeration above; this checks the compiled code path); the standard sampler's exact
-    law (product of the all-masked marginals) for comparison."""
-    n, chunks = 50_000, 2
+@pytest.mark.parametrize("k_schedule,selection,n", [((4,), "confidence", 100_000), ((2, 2), "confidence", 40_000),
+                                                     ((1, 3), "random", 40_000), ((1, 1, 2), "confidence", 40_000)])
+def test_end_to_end_monte_carlo(table, k_schedule, selection, n):
+    """The jitted sampler itself against p* (exactness proper is the enumeration above; this checks
+    the compiled code path: free first slots, lookahead drafts across steps, draft calls after a
+    last-slot rejection or K = 1, compacted calls); the standard sampler's exact law for comparison.
+    Accounting identities: nfe = draft calls + rounds; the first step always drafts."""
     fn = table.denoise_fn(MASK)
     with jax.enable_x64(True):
-        toks, rounds = [], []
-        for c in range(chunks):
-            tok, info = sample_fef(fn, jax.random.key(c), num_samples=n, length=L, steps=1, mask_id=MASK,
-                                   vocab_size=V)
-            toks.append(np.asarray(tok))
-            rounds.append(np.asarray(info["rounds"]))
-        marg = np.asarray(table.masked_posteriors(jnp.full((L,), MASK), MASK), np.float64)
+        tok, info = sample_fef(fn, jax.random.key(len(k_schedule)), num_samples=n, length=L, steps=len(k_schedule),
+                               mask_id=MASK, vocab_size=V, k_schedule=k_schedule, selection=selection)
+        f = _context_table(table)
     law = table.law()
-    tv = total_variation(empirical_law(np.concatenate(toks), V), law)
-    floor, spread = _mc_floor(law, n * chunks)
-    seqs = all_sequences(V, L)
-    product = np.prod(marg[np.arange(L), seqs], axis=-1)
-    tv_std = total_variation(product, law)
-    print(f"MC FeF TV {tv:.4f} (floor {floor:.4f} ± {spread:.4f}); standard TV {tv_std:.3f}; "
-          f"mean rounds {np.concatenate(rounds).mean():.3f}")
+    tv = total_variation(empirical_law(np.asarray(tok), V), law)
+    floor, spread = _mc_floor(law, n)
+    tv_std = total_variation(_exact_law(f, k_schedule, selection, fef=False), law)
+    info = {k: np.asarray(v) for k, v in info.items()}
+    print(f"MC K={k_schedule} {selection}: FeF TV {tv:.4f} (floor {floor:.4f} ± {spread:.4f}); standard TV "
+          f"{tv_std:.3f}; nfe {info['nfe'].mean():.3f}, rows {info['rows'].mean():.3f}, rounds/step "
+          f"{info['rounds'].mean(0)}, batched calls {int(info['nfe_batched'])}, rows {int(info['rows_batched']) / n:.3f}/sample")
     assert tv < floor + 4 * spread
-    assert tv_std > 0.4
+    assert tv_std > 0.1
+    np.testing.assert_array_equal(info["nfe"], info["draft_calls"] + info["rounds"].sum(1))
+    assert info["draft_calls"].min() >= 1 + sum(k == 1 for k in k_schedule[:-1])
+    np.testing.assert_array_equal(info["rounds"][:, np.asarray(k_schedule) == 1], 0)  # K = 1: no rounds
+    assert np.all(info["rounds"] <= np.maximum(np.asarray(k_schedule) - 1, 0))
 
 
 # ----------------------------------------------------------------- greedy
@@ -214,6 +228,26 @@ def test_greedy_equals_sequential_greedy(table, which, steps):
         ref = _greedy_reference(fn, [length // steps] * steps, vocab, length, vocab)
     print(f"greedy {which}: rounds per step {np.asarray(info['rounds'])[0]}")
     np.testing.assert_array_equal(np.asarray(tok)[0], ref)
+
+
+# ----------------------------------------------------------------- compacted calls
+
+
+def test_compaction_changes_cost_not_samples():
+    """Compacted calls evaluate only the needed rows: with the same key the tokens and per-sample
+    accounting are identical to the full padded batch (row_buckets=0), the physical rows fewer."""
+    with jax.enable_x64(True):
+        chain = MarkovChainLanguage.random(2, vocab_size=8, length=16)
+        common = dict(num_samples=500, length=16, steps=4, mask_id=8, vocab_size=8)
+        tok_c, info_c = sample_fef(chain.denoise_fn(8), jax.random.key(7), **common)
+        tok_f, info_f = sample_fef(chain.denoise_fn(8), jax.random.key(7), row_buckets=0, **common)
+    np.testing.assert_array_equal(np.asarray(tok_c), np.asarray(tok_f))
+    for name in ("nfe", "rows", "rounds", "draft_calls", "accepted", "rejected"):
+        np.testing.assert_array_equal(np.asarray(info_c[name]), np.asarray(info_f[name]))
+    useful, phys_c, phys_f = (float(np.asarray(info_c["rows"]).sum()), int(info_c["rows_batched"]),
+                              int(info_f["rows_batched"]))
+    print(f"rows per sample: useful {useful / 500:.2f}, compacted {phys_c / 500:.2f}, padded {phys_f / 500:.2f}")
+    assert useful <= phys_c <= 2 * useful + int(info_c["nfe_batched"]) * 500 * 5 / 64 and phys_c < phys_f / 2
 
 
 # ----------------------------------------------------------------- Markov-chain language
@@ -300,6 +334,7 @@ def _ok(z, t):
     (dict(target="joint"), r"^target: 'joint'; expected"),
     (dict(temperature=-1.0), r"^temperature: -1.0; expected"),
     (dict(mask_id=1), r"^mask_id: 1; expected an id outside"),
+    (dict(row_buckets=-1), r"^row_buckets: -1; expected an integer in \[0, 16\]$"),
 ])
 def test_bad_input(kwargs, pattern):
     args = dict(denoise_fn=_ok, key=jax.random.key(0), num_samples=2, length=L, steps=1, mask_id=MASK, vocab_size=V)
