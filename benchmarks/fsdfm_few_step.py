@@ -62,9 +62,8 @@ def _train(preset: str, workdir: str, steps: int, **method):
     cfg.checkpoint.every = steps
     for k, v in method.items():
         cfg.method[k] = v
-    model_fn = fsdfm.make_model_fn(cfg) if cfg.method.name == "fsdfm" else None
     start = time.perf_counter()
-    out = loop.train(cfg, workdir, model_fn=model_fn)
+    out = loop.train(cfg, workdir)  # the student copies method.init_from through Method.init_params
     return cfg, time.perf_counter() - start, out["step"]
 
 

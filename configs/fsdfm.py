@@ -12,10 +12,9 @@ exactly), ``teacher_paper`` / ``paper`` (1,024 tokens, DiT 768/12/12 cond 128, t
 Append ``_uniform`` to any preset for the uniform source (e.g. ``paper_uniform``, the released
 checkpoints' source); teacher and student must use the same source.
 
-Student initialisation: the trainer builds params from ``config.model`` only, so until it calls
-``dlm_jax.methods.fsdfm.init_params`` itself, the student is initialised from the teacher when
-trained through ``train(config, workdir, model_fn=fsdfm.make_model_fn(config))`` (what
-``benchmarks/fsdfm_few_step.py`` does). ``model.identity_h_init=True`` makes the student equal to the
+Student initialisation: when it starts from scratch, the trainer applies the method's
+``init_params`` hook, which copies the ``method.init_from`` teacher checkpoint into the student
+(``dlm_jax.methods.fsdfm.init_params``). ``model.identity_h_init=True`` makes the student equal to the
 teacher at step 0 (tiny/demo); ``paper`` keeps the reference's random fuser init.
 """
 

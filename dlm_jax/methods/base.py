@@ -13,6 +13,9 @@ Signatures (all pure, jit-able):
     ``"ema_params"`` (the trainer's EMA of params) and every entry of ``extra``.
 ``evaluate(params, batch, rng) -> metrics`` — sums that the caller averages (e.g. NELBO).
 ``init_extra(params) -> pytree`` — extra method state; ``{}`` by default.
+``init_params(params) -> params`` — applied to freshly initialised params before the optimizer
+    and EMA see them (e.g. copy a pretrained teacher into a student); identity by default. It runs
+    inside the trainer's (traced) init, so it must close over host arrays, not load lazily in jit.
 ``sample(params, rng, *, num_samples, steps, sampler, **kw) -> (tokens, info)``.
 """
 
@@ -22,12 +25,18 @@ import dataclasses
 import importlib
 from typing import Any, Callable
 
+import jax.numpy as jnp
+
 Metrics = dict[str, Any]
 
 
 def _no_extra(params):
     del params
     return {}
+
+
+def _same_params(params):
+    return params
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +48,16 @@ class Method:
     evaluate: Callable[..., Metrics]
     sample: Callable[..., tuple[Any, Metrics]]
     init_extra: Callable[[Any], Any] = _no_extra
+    init_params: Callable[[Any], Any] = _same_params
+
+
+def masked_mean(values, loss_mask=None):
+    """Per-token mean over ``loss_mask`` (1 = real token): ``(Σ v·mask / Σ mask, Σ v·mask, Σ mask)``; the mean is 0 when the mask is empty."""
+    values = jnp.asarray(values)
+    mask = jnp.ones_like(values) if loss_mask is None else jnp.asarray(loss_mask, values.dtype)
+    total = jnp.sum(jnp.where(mask > 0, values * mask, 0.0))
+    count = jnp.sum(mask)
+    return total / jnp.maximum(count, 1e-12), total, count
 
 
 # name -> "module:builder"; a builder is ``build(config, apply_fn) -> Method``.

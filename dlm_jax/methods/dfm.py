@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlm_jax.methods.base import Method
+from dlm_jax.methods.base import Method, masked_mean
 from dlm_jax.processes import flow
 
 __all__ = [
@@ -121,15 +121,6 @@ def loss_terms(log_p, x1, xt, t, schedule, loss: str = "gkl"):
     if loss == "ce":
         return flow.cross_entropy_loss(log_p, x1)
     return flow.generalized_kl_loss(log_p, x1, xt, t, schedule)
-
-
-def masked_mean(values, loss_mask=None):
-    """``(Σ v·mask / Σ mask, Σ v·mask, Σ mask)``; the mean is 0 when the mask is empty."""
-    values = jnp.asarray(values)
-    mask = jnp.ones_like(values) if loss_mask is None else jnp.asarray(loss_mask, values.dtype)
-    total = jnp.sum(jnp.where(mask > 0, values * mask, 0.0))
-    count = jnp.sum(mask)
-    return total / jnp.maximum(count, 1e-12), total, count
 
 
 def elbo_kappas(key, batch_size: int, num_points: int, eps: float = 1e-3, dtype=None):

@@ -16,10 +16,10 @@ Per training sequence (§6.3, stage 1):
 5. loss = per-token mean of the selected terms (``Σ·loss_mask / Σ loss_mask``).
 
 The student is a DiT with ``conditioning="th"``. Initialising it from a pretrained DFM (teacher)
-workdir — ``method.init_from`` — needs the params built before the train state:
-``make_model_fn(config)`` returns a ``model_fn`` for ``train(config, workdir, model_fn=...)``
-(``init_params(config, params)`` is the same copy as a plain function); ``model.identity_h_init``
-makes the student compute exactly the teacher's function at step 0.
+workdir — ``method.init_from`` — happens in the Method's ``init_params`` hook, which the trainer
+applies to fresh params before the optimizer and EMA (``init_params(config, params)`` is the same
+copy as a plain function); ``model.identity_h_init`` makes the student compute exactly the
+teacher's function at step 0.
 
 Config keys read by ``build`` (``config.method.get(key, default)``):
 
@@ -36,7 +36,7 @@ Config keys read by ``build`` (``config.method.get(key, default)``):
 ``teacher_workdir``  ``None``         workdir of the DFM teacher (needed when just_student=False)
 ``teacher_step``     ``None``         its checkpoint step (None = latest)
 ``teacher_weights``  ``"params"``     ``"params"`` or ``"ema"`` weights of teacher checkpoints
-``init_from``        ``None``         DFM workdir to initialise the student from (make_model_fn)
+``init_from``        ``None``         DFM workdir to initialise the student from (init_params hook)
 ``elbo_points``      ``32``           ELBO evaluation grid (at h = 1/N_ref), as in ``dfm``
 ``sampler``          ``"fsdfm"``      default sampler of ``sample``
 ===================  ===============  ======================================================
@@ -55,7 +55,7 @@ import jax.numpy as jnp
 
 from dlm_jax.methods import dfm
 from dlm_jax.methods import fsdfm_teacher as ft
-from dlm_jax.methods.base import Method
+from dlm_jax.methods.base import Method, masked_mean
 from dlm_jax.processes import flow
 
 __all__ = ["TEACHER_WEIGHTS", "loss_terms", "student_dit_config", "load_workdir_params", "init_params",
@@ -150,25 +150,6 @@ def init_params(config, params, teacher_params=None):
     return init_student_from_teacher(teacher_params, params, student_dit_config(config))
 
 
-def make_model_fn(config):
-    """``model_fn(config) -> (graphdef, params)`` for ``train(config, workdir, model_fn=...)``: the
-    trainer's DiT with the ``method.init_from`` teacher copied in. The checkpoint is read now, outside
-    any trace (the trainer traces ``model_fn``)."""
-    src = config.method.get("init_from", None)
-    teacher = None
-    if src:
-        teacher = load_workdir_params(src, step=config.method.get("teacher_step", None),
-                                      weights=config.method.get("teacher_weights", "params"))[1]
-
-    def model_fn(cfg):
-        from dlm_jax.train.loop import dit_model
-
-        graphdef, params = dit_model(cfg)
-        return graphdef, (params if teacher is None else init_params(cfg, params, teacher))
-
-    return model_fn
-
-
 # ------------------------------------------------------------------------------------------------
 # The method.
 # ------------------------------------------------------------------------------------------------
@@ -254,7 +235,7 @@ def build(config, apply_fn: Callable, *, teacher_apply: Callable | None = None, 
         terms, anchor = loss_terms(ls, x1, xt, t, h, lt, n_ref=n_ref, schedule=schedule, tau=tau,
                                    anchor_lp=anchor_lp)
         mask = batch.get("loss_mask")
-        mean, total, count = dfm.masked_mean(terms, mask)
+        mean, total, count = masked_mean(terms, mask)
         rows = jnp.ones_like(terms) if mask is None else jnp.asarray(mask, terms.dtype)
         a = anchor[:, None].astype(terms.dtype)
         anchor_loss = jnp.sum(terms * rows * a) / jnp.maximum(jnp.sum(rows * a), 1e-12)
@@ -270,7 +251,7 @@ def build(config, apply_fn: Callable, *, teacher_apply: Callable | None = None, 
         lp = lambda xt, t: student_lp(params, xt, t, h_min)  # noqa: E731
         terms = dfm.elbo_terms(lp, rng, x1, source=source, vocab_size=vocab_size, schedule=schedule,
                                num_points=num_points, eps=elbo_eps)
-        _, total, count = dfm.masked_mean(terms, batch.get("loss_mask"))
+        _, total, count = masked_mean(terms, batch.get("loss_mask"))
         return {"nelbo_sum": total, "num_tokens": count}
 
     def sample(params, rng, *, num_samples, steps, sampler=None, length=None, **kw):
@@ -285,5 +266,21 @@ def build(config, apply_fn: Callable, *, teacher_apply: Callable | None = None, 
         denoise = dfm.denoise_fn(apply_fn, params, vocab_size, h_conditioned=True)
         return fn(denoise, rng, num_samples=num_samples, length=length, steps=steps, vocab_size=vocab_size, **kw)
 
-    return Method(name="fsdfm", loss=loss, evaluate=evaluate, sample=sample, init_extra=init_extra)
+    teacher_cache: dict = {}
+
+    def init_student(params):
+        """``method.init_from``: copy the DFM teacher into freshly initialised student params. The
+        trainer calls this inside its traced init; the checkpoint is read eagerly, once, and only
+        when training starts from scratch (never for sampling or resuming)."""
+        if not config.method.get("init_from", None):
+            return params
+        if "params" not in teacher_cache:
+            with jax.ensure_compile_time_eval():
+                teacher_cache["params"] = load_workdir_params(
+                    config.method.init_from, step=config.method.get("teacher_step", None),
+                    weights=config.method.get("teacher_weights", "params"))[1]
+        return init_params(config, params, teacher_cache["params"])
+
+    return Method(name="fsdfm", loss=loss, evaluate=evaluate, sample=sample, init_extra=init_extra,
+                  init_params=init_student)
 

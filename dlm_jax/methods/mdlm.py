@@ -50,7 +50,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from dlm_jax.methods.base import Method
+from dlm_jax.methods.base import Method, masked_mean
 from dlm_jax.processes.masking import forward_mask
 from dlm_jax.processes.schedules import MaskingSchedule, get_schedule
 
@@ -122,15 +122,6 @@ def nelbo_terms(logprobs_fn: Callable, x, z, t, schedule: MaskingSchedule, *, ma
     w = w[:, None] if w.ndim == 1 else w
     masked = z == mask_id
     return jnp.where(masked, w * jnp.where(masked, ce, 0.0), 0.0)
-
-
-def masked_mean(values, loss_mask=None):
-    """``(Σ v·mask / Σ mask, Σ v·mask, Σ mask)``; the mean is 0 when the mask is empty."""
-    values = jnp.asarray(values)
-    mask = jnp.ones_like(values) if loss_mask is None else jnp.asarray(loss_mask, values.dtype)
-    total = jnp.sum(jnp.where(mask > 0, values * mask, 0.0))
-    count = jnp.sum(mask)
-    return total / jnp.maximum(count, 1e-12), total, count
 
 
 def model_cond(t, batch_size: int, schedule: MaskingSchedule, *, time_conditioning: bool, time_input: str = "t"):

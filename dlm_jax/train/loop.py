@@ -231,7 +231,8 @@ def train(config, workdir: str, *, model_fn: Callable | None = None,
     graphdef, init_params = state_lib.trace_model(lambda: (model_fn or dit_model)(config))
     method = (method_fn or build_method)(config, make_apply(graphdef))
     optimizer = optim.make_optimizer(t, total)
-    args = (init_params, optimizer, method.init_extra, int(config.seed), mesh, strategy)
+    fresh_params = lambda: method.init_params(init_params())  # noqa: E731 - e.g. student <- teacher
+    args = (fresh_params, optimizer, method.init_extra, int(config.seed), mesh, strategy)
     target, shards = state_lib.abstract_train_state(*args)
 
     # Data, checkpoint, resume.

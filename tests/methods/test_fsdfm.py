@@ -316,8 +316,9 @@ def test_bad_model_and_step_inputs_raise():
 @pytest.mark.slow
 def test_student_init_from_a_trained_dfm_workdir(tmp_path):
     """The two-stage recipe: ``teacher_tiny`` trained for 5 steps by the real trainer, then
-    ``make_model_fn`` restores its checkpoint (``load_workdir_params``: bit-equal to the trainer's
-    final params) and builds an identity-initialised student that computes the teacher's function."""
+    the student method's ``init_params`` hook (what the trainer applies, traced) restores its
+    checkpoint (``load_workdir_params``: bit-equal to the trainer's final params) into an
+    identity-initialised student that computes the teacher's function."""
     import sys
 
     from dlm_jax.train import loop
@@ -335,7 +336,8 @@ def test_student_init_from_a_trained_dfm_workdir(tmp_path):
     s_cfg = presets.get_config("tiny")
     s_cfg.method.init_from = str(tmp_path / "teacher")
     s_cfg.model.vocab_size = 8
-    s_graph, s_params = fsdfm.make_model_fn(s_cfg)(s_cfg)
+    s_graph, fresh = loop.dit_model(s_cfg)
+    s_params = jax.jit(fsdfm.build(s_cfg, make_apply(s_graph)).init_params)(fresh)
     x = jax.random.randint(jax.random.key(0), (3, 16), 0, 9)
     t = jnp.array([0.1, 0.5, 0.9])
     ref = dfm.logprobs_fn(make_apply(graphdef), 8)(params, x, t)
