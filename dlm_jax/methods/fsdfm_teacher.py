@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dlm_jax.processes import flow
+from dlm_jax.samplers.jump import jump
 
 __all__ = [
     "POLICIES",
@@ -172,7 +173,7 @@ def teacher_logits(denoise_fn, key, x, t, h, *, teacher: str = "rk4", labels: st
     outs = [_normalise(denoise_fn(x, t, half))]
     for (src, start, length, at), k in zip(stages, keys):
         # Jump with the previous stage's output from the stage's source state.
-        nxt = flow.jump(k, states[src], outs[-1], times[start], lengths[length], schedule,
+        nxt = jump(k, states[src], outs[-1], times[start], lengths[length], schedule,
                         categorical_method=categorical_method)
         states.append(nxt)
         outs.append(_normalise(denoise_fn(nxt, times[at], half)))

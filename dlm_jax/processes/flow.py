@@ -26,7 +26,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlm_jax.samplers.categorical import sample_categorical
 
 Array = jax.Array
 
@@ -236,16 +235,6 @@ def jump_log_probs(x: Array, log_p: Array, t: Array, h: Array, schedule="linear"
     if frozen is not None:
         out = jnp.where(jnp.asarray(frozen, bool)[..., None], jnp.where(is_z, 0.0, -jnp.inf), out)
     return out
-
-
-def jump(key: Array, x: Array, log_p: Array, t: Array, h: Array, schedule="linear", *,
-         frozen: Array | None = None, categorical_method: str = "auto") -> Array:
-    """One cumulative-scalar jump step from time t to t + h (t: 0 = source, 1 = data); per position
-    independent. Draws from ``jump_log_probs`` with ``sample_categorical``. Returns int32 ``[B, L]``.
-
-    Uses ``1 − exp(−G (1 − p(z)))`` exactly; the reference computes ``h · G/(h + 1e-8)`` in place
-    of G, a relative difference below 1e-6 for h ≥ 1/1024 that would break exactness tests."""
-    return sample_categorical(key, jump_log_probs(x, log_p, t, h, schedule, frozen=frozen), categorical_method)
 
 
 def _onehot_state(x: Array, num_classes: int, dtype) -> Array:

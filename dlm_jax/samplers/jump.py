@@ -109,6 +109,16 @@ def _info(nfe, fractions, source):
     return info
 
 
+def jump(key: Array, x: Array, log_p: Array, t: Array, h: Array, schedule="linear", *,
+         frozen: Array | None = None, categorical_method: str = "auto") -> Array:
+    """One cumulative-scalar jump step from time t to t + h (t: 0 = source, 1 = data); per position
+    independent. Draws from ``flow.jump_log_probs`` (the exact law) with ``sample_categorical``. Returns int32 ``[B, L]``.
+
+    Uses ``1 − exp(−G (1 − p(z)))`` exactly; the reference computes ``h · G/(h + 1e-8)`` in place
+    of G, a relative difference below 1e-6 for h ≥ 1/1024 that would break exactness tests."""
+    return sample_categorical(key, flow.jump_log_probs(x, log_p, t, h, schedule, frozen=frozen), categorical_method)
+
+
 def sample_fsdfm(denoise_fn, key: Array, *, num_samples: int, length: int, steps: int, vocab_size: int,
                  source: str = "mask", schedule="linear", fixed: Array | None = None,
                  fixed_tokens: Array | None = None, categorical_method: str = "auto",
@@ -134,7 +144,7 @@ def sample_fsdfm(denoise_fn, key: Array, *, num_samples: int, length: int, steps
 
     def move(args):
         k_draw, x, log_p, tb = args
-        return flow.jump(k_draw, x, log_p, tb, h, schedule, frozen=fixed, categorical_method=categorical_method)
+        return jump(k_draw, x, log_p, tb, h, schedule, frozen=fixed, categorical_method=categorical_method)
 
     def step(x, k, t, k_step):
         tb = jnp.full((num_samples,), t)

@@ -10,6 +10,7 @@ import pytest
 import scipy.linalg
 
 from dlm_jax.processes import flow
+from dlm_jax.samplers.jump import jump
 from dlm_jax.testing.oracles import MarkovChainLanguage
 
 SCHEDULES = ["linear", "quadratic", "cosine"]
@@ -83,7 +84,7 @@ def test_n_small_jumps_equal_one_big_monte_carlo():
     v, n_tok, t0, h, n = 4, 20_000, 0.1, 0.6, 4
     log_q = jnp.log(jnp.asarray([0.1, 0.2, 0.3, 0.4]))
     oracle = _product_oracle(log_q, v)
-    step = jax.jit(lambda k, x, t, hh: flow.jump(k, x, oracle(x), t, hh, "linear"))
+    step = jax.jit(lambda k, x, t, hh: jump(k, x, oracle(x), t, hh, "linear"))
     x0 = jnp.full((n_tok, 1), v)
     x_small = x0
     for i, k in enumerate(jax.random.split(jax.random.key(0), n)):
@@ -280,7 +281,7 @@ def test_bad_inputs_raise_one_line_errors():
         lambda: flow.sample_source(jax.random.key(0), (2, 3), "gaussian", 5),
         lambda: flow.sample_path(jax.random.key(0), jnp.zeros((2, 3), int), jnp.zeros(2), source="blank",
                                  vocab_size=5),
-        lambda: flow.jump(jax.random.key(0), jnp.zeros((1, 2), int), jnp.zeros((1, 2, 3)), 0.9, 0.5),
+        lambda: jump(jax.random.key(0), jnp.zeros((1, 2), int), jnp.zeros((1, 2, 3)), 0.9, 0.5),
     ]
     for case in cases:
         with pytest.raises(ValueError) as err:
