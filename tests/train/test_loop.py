@@ -143,10 +143,10 @@ def test_corrupted_latest_checkpoint_falls_back_with_warning(straight, tmp_path,
     shutil.copytree(straight[0], workdir)
     state_dir = os.path.join(workdir, "checkpoints", "6", "state")
     files = [f for f in glob.glob(os.path.join(state_dir, "**", "d", "*"), recursive=True)]
-    biggest = max(files, key=os.path.getsize)
-    if damage == "truncate":
-        with open(biggest, "r+b") as f:
-            f.truncate(os.path.getsize(biggest) // 2)
+    if damage == "truncate":  # an interrupted copy: every data file cut short
+        for path in files:
+            with open(path, "r+b") as f:
+                f.truncate(os.path.getsize(path) // 2)
     else:
         for f in files:
             os.remove(f)
