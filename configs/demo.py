@@ -39,7 +39,7 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     c.method.time_conditioning = False
 
     c.train = ml_collections.ConfigDict()
-    c.train.steps = 600 if arg == "demo" else 30
+    c.train.steps = 400 if arg == "demo" else 30
     c.train.batch_size = 32 if arg == "demo" else 8
     c.train.lr = 3e-3 if arg == "demo" else 3e-3
     c.train.warmup_steps = 50 if arg == "demo" else 5
