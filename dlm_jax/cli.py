@@ -99,7 +99,11 @@ def _run(argv: list[str]) -> None:
             return
         import jax
 
-        if jax.process_index() != 0 or "sample" not in config:
+        if "sample" not in config:
+            return
+        if jax.process_count() > 1:  # sampling below is single-process; never leave peers waiting
+            if jax.process_index() == 0:
+                print(f"trained {workdir}; sample with `python -m dlm_jax sample --workdir {workdir}`")
             return
         run = inference.load_run(workdir, use_ema=FLAGS.ema)
         steps = FLAGS.steps or list(config.sample.get("steps", (8,)))
