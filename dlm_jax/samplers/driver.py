@@ -77,3 +77,34 @@ def run_scan(step_fn: StepFn, carry: Any, grid: Array, per_step: Mapping[str, Ar
 
     (carry, nfe), _ = jax.lax.scan(body, (carry, jnp.int32(0)), xs, unroll=unroll)
     return carry, nfe
+
+
+def check_fixed(fixed, fixed_tokens, num_samples: int, length: int, vocab_size: int) -> None:
+    """Validate a conditioning mask ``fixed`` (bool ``[L]`` or ``[B, L]``) and the tokens it pins,
+    before anything compiles; both or neither must be given."""
+    if (fixed is None) != (fixed_tokens is None):
+        raise ValueError(f"fixed_tokens: {'missing' if fixed_tokens is None else 'given'}; expected both "
+                         "fixed and fixed_tokens, or neither")
+    if fixed is None:
+        return
+    fixed, fixed_tokens = jnp.asarray(fixed), jnp.asarray(fixed_tokens)
+    for name, arr in (("fixed", fixed), ("fixed_tokens", fixed_tokens)):
+        if arr.shape not in ((length,), (num_samples, length)):
+            raise ValueError(f"{name}: shape {arr.shape}; expected ({length},) or ({num_samples}, {length})")
+    if fixed.dtype != jnp.bool_:
+        raise ValueError(f"fixed: dtype {fixed.dtype}; expected bool")
+    if not isinstance(fixed, jax.core.Tracer) and not isinstance(fixed_tokens, jax.core.Tracer):
+        tok, fx = np.broadcast_arrays(np.asarray(fixed_tokens), np.asarray(fixed))
+        if tok[fx].size and not ((tok[fx] >= 0) & (tok[fx] < vocab_size)).all():
+            raise ValueError(f"fixed_tokens: values {np.unique(tok[fx])[:4].tolist()}; "
+                             f"expected ids in [0, {vocab_size})")
+
+
+def apply_fixed(x0, fixed, fixed_tokens):
+    """Pin the fixed positions of the initial state ``x0 [B, L]``; returns ``(x0, fixed [B, L])``
+    (``fixed`` all False when None). Call ``check_fixed`` first."""
+    shape = x0.shape
+    if fixed is None:
+        return x0, jnp.zeros(shape, bool)
+    fixed = jnp.broadcast_to(jnp.asarray(fixed), shape)
+    return jnp.where(fixed, jnp.broadcast_to(jnp.asarray(fixed_tokens), shape).astype(jnp.int32), x0), fixed

@@ -22,7 +22,7 @@ import numpy as np
 
 from dlm_jax.processes import flow
 from dlm_jax.samplers.categorical import _check_method, sample_categorical, top_p_filter
-from dlm_jax.samplers.driver import check_steps, run_scan
+from dlm_jax.samplers.driver import apply_fixed, check_fixed, check_steps, run_scan
 
 Array = jax.Array
 
@@ -47,26 +47,9 @@ def _prepare(key, num_samples, length, steps, vocab_size, source, schedule, fixe
     _check_method(categorical_method)
     if not (isinstance(top_p, (int, float)) and 0.0 < top_p <= 1.0):
         raise ValueError(f"top_p: {top_p!r}; expected a value in (0, 1]")
-    if (fixed is None) != (fixed_tokens is None):
-        raise ValueError(f"fixed_tokens: {'missing' if fixed_tokens is None else 'given'}; expected both "
-                         "fixed and fixed_tokens, or neither")
+    check_fixed(fixed, fixed_tokens, b, n_len, v)
     key_src, key_run = jax.random.split(key)
-    x0 = flow.sample_source(key_src, (b, n_len), source, v)
-    if fixed is None:
-        return schedule, x0, jnp.zeros((b, n_len), bool), key_run
-    fixed = jnp.asarray(fixed)
-    fixed_tokens = jnp.asarray(fixed_tokens)
-    for name, arr in (("fixed", fixed), ("fixed_tokens", fixed_tokens)):
-        if arr.shape not in ((n_len,), (b, n_len)):
-            raise ValueError(f"{name}: shape {arr.shape}; expected ({n_len},) or ({b}, {n_len})")
-    if fixed.dtype != jnp.bool_:
-        raise ValueError(f"fixed: dtype {fixed.dtype}; expected bool")
-    if not isinstance(fixed_tokens, jax.core.Tracer) and not isinstance(fixed, jax.core.Tracer):
-        tok, fx = np.broadcast_arrays(np.asarray(fixed_tokens), np.asarray(fixed))
-        if tok[fx].size and not ((tok[fx] >= 0) & (tok[fx] < v)).all():
-            raise ValueError(f"fixed_tokens: values {np.unique(tok[fx])[:4].tolist()}...; expected ids in [0, {v})")
-    fixed = jnp.broadcast_to(fixed, (b, n_len))
-    x0 = jnp.where(fixed, jnp.broadcast_to(fixed_tokens, (b, n_len)).astype(jnp.int32), x0)
+    x0, fixed = apply_fixed(flow.sample_source(key_src, (b, n_len), source, v), fixed, fixed_tokens)
     return schedule, x0, fixed, key_run
 
 

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dlm_jax.samplers.categorical import _check_method, sample_categorical, top_p_filter
-from dlm_jax.samplers.driver import check_steps, masked_time_grid, run_scan
+from dlm_jax.samplers.driver import apply_fixed, check_fixed, check_steps, masked_time_grid, run_scan
 
 Array = jax.Array
 DenoiseFn = Callable[[Array, Array], Array]
@@ -65,24 +65,8 @@ def prepare_masked(num_samples, length, steps, vocab_size, top_p, categorical_me
     if not isinstance(eps, (int, float, np.floating)) or not 0.0 <= eps < 1.0:
         raise ValueError(f"eps: {eps!r}; expected a value in [0, 1)")
     z0 = jnp.full((b, n_len), v, jnp.int32)
-    if (fixed is None) != (fixed_tokens is None):
-        raise ValueError(f"fixed_tokens: {'missing' if fixed_tokens is None else 'given'}; expected both "
-                         "fixed and fixed_tokens, or neither")
-    if fixed is None:
-        return z0, jnp.zeros((b, n_len), bool)
-    fixed, fixed_tokens = jnp.asarray(fixed), jnp.asarray(fixed_tokens)
-    for name, arr in (("fixed", fixed), ("fixed_tokens", fixed_tokens)):
-        if arr.shape not in ((n_len,), (b, n_len)):
-            raise ValueError(f"{name}: shape {arr.shape}; expected ({n_len},) or ({b}, {n_len})")
-    if fixed.dtype != jnp.bool_:
-        raise ValueError(f"fixed: dtype {fixed.dtype}; expected bool")
-    if not isinstance(fixed, jax.core.Tracer) and not isinstance(fixed_tokens, jax.core.Tracer):
-        tok, fx = np.broadcast_arrays(np.asarray(fixed_tokens), np.asarray(fixed))
-        if tok[fx].size and not ((tok[fx] >= 0) & (tok[fx] < v)).all():
-            raise ValueError(f"fixed_tokens: values {np.unique(tok[fx])[:4].tolist()}; expected ids in [0, {v})")
-    fixed = jnp.broadcast_to(fixed, (b, n_len))
-    z0 = jnp.where(fixed, jnp.broadcast_to(fixed_tokens, (b, n_len)).astype(jnp.int32), z0)
-    return z0, fixed
+    check_fixed(fixed, fixed_tokens, b, n_len, v)
+    return apply_fixed(z0, fixed, fixed_tokens)
 
 
 def predictor(denoise_fn: DenoiseFn, top_p: float) -> Callable[[Array, Array], Array]:
