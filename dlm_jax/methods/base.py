@@ -60,6 +60,17 @@ def masked_mean(values, loss_mask=None):
     return total / jnp.maximum(count, 1e-12), total, count
 
 
+def vocab_size_from_config(config) -> int:
+    """V, the number of clean classes (the mask id is V): ``model.vocab_size``, else the
+    tokenizer's ``data.tokenizer_vocab_size``; one-line ValueError otherwise."""
+    v = config.model.get("vocab_size", None) if "model" in config else None
+    if v is None and "data" in config:
+        v = config.data.get("tokenizer_vocab_size", None)
+    if not isinstance(v, int) or isinstance(v, bool) or v < 2:
+        raise ValueError(f"model.vocab_size: {v!r}; expected an int >= 2 (clean classes, mask id = V)")
+    return v
+
+
 # name -> "module:builder"; a builder is ``build(config, apply_fn) -> Method``.
 _REGISTRY: dict[str, str] = {
     "mdlm": "dlm_jax.methods.mdlm:build",

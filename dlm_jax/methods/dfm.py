@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlm_jax.methods.base import Method, masked_mean
+from dlm_jax.methods.base import Method, masked_mean, vocab_size_from_config
 from dlm_jax.processes import flow
 
 __all__ = [
@@ -163,15 +163,6 @@ def schedule_from_config(method_cfg) -> flow.KappaSchedule:
         return flow.get_schedule(name)
     except ValueError:
         raise ValueError(f"method.schedule: {name!r}; expected one of {flow.SCHEDULES}") from None
-
-
-def vocab_size_from_config(config) -> int:
-    v = config.model.get("vocab_size", None) if "model" in config else None
-    if v is None and "data" in config:
-        v = config.data.get("tokenizer_vocab_size", None)
-    if not isinstance(v, int) or isinstance(v, bool) or v < 2:
-        raise ValueError(f"model.vocab_size: {v!r}; expected an int >= 2 (clean classes, mask id = V)")
-    return v
 
 
 def check_source(method_cfg) -> str:

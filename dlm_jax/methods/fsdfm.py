@@ -55,7 +55,7 @@ import jax.numpy as jnp
 
 from dlm_jax.methods import dfm
 from dlm_jax.methods import fsdfm_teacher as ft
-from dlm_jax.methods.base import Method, masked_mean
+from dlm_jax.methods.base import Method, masked_mean, vocab_size_from_config
 from dlm_jax.processes import flow
 
 __all__ = ["TEACHER_WEIGHTS", "loss_terms", "student_dit_config", "load_workdir_params", "init_params",
@@ -165,7 +165,7 @@ def build(config, apply_fn: Callable, *, teacher_apply: Callable | None = None, 
     (``cond = {"t", "h"}``). ``teacher_apply``/``teacher_params`` inject the frozen DFM teacher of
     ``just_student=False`` (else it is loaded from ``method.teacher_workdir``). Validates first."""
     mc = config.method
-    vocab_size = dfm.vocab_size_from_config(config)
+    vocab_size = vocab_size_from_config(config)
     cond = config.model.get("conditioning", "t") if "model" in config else "t"
     if cond != "th":
         raise ValueError(f"model.conditioning: {cond!r}; expected 'th' (the FS-DFM student takes t and h)")

@@ -50,7 +50,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from dlm_jax.methods.base import Method, masked_mean
+from dlm_jax.methods.base import Method, masked_mean, vocab_size_from_config
 from dlm_jax.processes.masking import forward_mask
 from dlm_jax.processes.schedules import MaskingSchedule, get_schedule
 
@@ -172,15 +172,6 @@ def schedule_from_config(method_cfg) -> MaskingSchedule:
     return get_schedule(name, **kw)
 
 
-def _vocab_size(config) -> int:
-    v = config.model.get("vocab_size", None) if "model" in config else None
-    if v is None and "data" in config:
-        v = config.data.get("tokenizer_vocab_size", None)
-    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-        raise ValueError(f"model.vocab_size: {v!r}; expected an int >= 1 (clean classes, mask id = V)")
-    return v
-
-
 def _get_sampler(name: str):
     """Resolve a sampler by name at call time (lazy: the samplers layer loads only when sampling)."""
     from dlm_jax.samplers import get_sampler
@@ -192,7 +183,7 @@ def build(config, apply_fn: Callable) -> Method:
     """The MDLM ``Method`` for a model ``apply_fn(params, z, cond, *, dropout_rng=None) -> logits
     [B, L, V+1]``; config keys in the module docstring. Validates before anything compiles."""
     mc = config.method
-    vocab_size = _vocab_size(config)
+    vocab_size = vocab_size_from_config(config)
     schedule = schedule_from_config(mc)
     sampling_eps = mc.get("sampling_eps", 1e-3)
     if not isinstance(sampling_eps, (int, float)) or not 0.0 <= sampling_eps < 1.0:

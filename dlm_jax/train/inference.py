@@ -77,15 +77,14 @@ def load_run(workdir: str, *, step: int | None = None, use_ema: bool | None = No
     config = _local_mesh_config(config)
     if use_ema is None:
         use_ema = bool(config.get("sample", {}).get("use_ema", False))
-    tokenizer = None
-    if config.data.get("source") != "markov" or "tokenizer_path" in config.data:
-        from dlm_jax.data.pipeline import train_or_load_tokenizer
-
-        tokenizer = train_or_load_tokenizer(loop._pipeline_config(config), workdir)
-    else:
+    if config.data.get("source") == "markov":
         from dlm_jax.data.tokenizer import MarkovTokenizer
 
         tokenizer = MarkovTokenizer(config.model.vocab_size)
+    else:  # the sentencepiece model the trainer saved in the workdir
+        from dlm_jax.data.pipeline import train_or_load_tokenizer
+
+        tokenizer = train_or_load_tokenizer(loop._pipeline_config(config), workdir)
 
     from dlm_jax.methods.base import build_method
     from dlm_jax.models import make_apply
