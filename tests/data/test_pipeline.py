@@ -3,11 +3,13 @@ bit-identical resume from iterator state, disjoint covering process shards, conf
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
 
 from dlm_jax.data.pipeline import build_pipeline, default_data_config, markov_language, train_or_load_tokenizer
+from dlm_jax.data.registry import source_names, validate_data_config
 from dlm_jax.data.tokenizer import MarkovTokenizer
 
 B, L = 4, 64
@@ -136,23 +138,46 @@ def test_markov_pipeline_rows_are_chain_samples():
 
 def test_config_validation(stdlib_tokenizer):
     ok = dict(batch_size=B, seq_len=L, seed=0, process_index=0, process_count=1)
+    names = re.escape(repr(source_names()))
+    assert source_names()[:4] == ("stdlib", "files", "tfds", "markov")  # built-ins first, then any registered
     cases = [
-        ({"source": "x"}, {}, r"^data.source: 'x'; expected one of \('stdlib', 'files', 'tfds', 'markov'\)$"),
-        ({"sourse": "files"}, {}, r"^data.sourse: unknown key; expected one of \("),
+        ({"source": "x"}, {}, rf"^data.source: 'x'; expected one of {names}$"),
+        ({"sourse": "files"}, {}, r"^data.sourse: 'files'; expected a known key, one of \('download', "),
         ({"source": "files"}, {}, r"^data.files: ''; expected a glob when data.source='files'$"),
         ({"source": "tfds"}, {}, r"^data.tfds_name: ''; expected a TFDS dataset name"),
         ({"num_epochs": 0}, {}, r"^data.num_epochs: 0; expected None or an int >= 1$"),
+        ({"shuffle": 1}, {}, r"^data.shuffle: 1; expected a bool \(True or False\)$"),
+        ({"per": "word"}, {}, r"^data.per: 'word'; expected one of \('file', 'line'\)$"),
+        ({"source": "markov", "markov_concentration": 0}, {}, r"^data.markov_concentration: 0; expected a finite"),
         ({}, {"seq_len": 1}, r"^seq_len: 1; expected an int >= 2$"),
         ({}, {"batch_size": 0}, r"^batch_size: 0; expected an int >= 1$"),
-        ({}, {"process_index": 2, "process_count": 2}, r"^process_index: 2; expected an int in \[0, 2\)$"),
+        ({}, {"process_index": 2, "process_count": 2}, r"^process_index: 2; expected an int >= 0 and <= 1$"),
         ({}, {"split": "test"}, r"^split: 'test'; expected one of \('train', 'validation'\)$"),
-        ({"source": "markov"}, {}, r"^tokenizer: SentencePieceTokenizer; expected MarkovTokenizer"),
+        ({"source": "markov"}, {}, r"^tokenizer: 'SentencePieceTokenizer'; expected MarkovTokenizer"),
     ]
     for data, override, msg in cases:
         with pytest.raises(ValueError, match=msg):
             build_pipeline(data, stdlib_tokenizer, **{**ok, **override})
     with pytest.raises(ValueError, match=r"^data.tfds_name: 'dlm_jax_not_there'; expected a registered"):
         build_pipeline({"source": "tfds", "tfds_name": "dlm_jax_not_there"}, stdlib_tokenizer, **ok)
+    # keys of another source are accepted and checked only when that source is chosen
+    assert validate_data_config({"source": "stdlib", "markov_vocab": "x"})["markov_vocab"] == "x"
+
+
+def test_whole_config_data_with_seq_len(small_corpus, stdlib_tokenizer):
+    """``config.data`` (with the trainer's ``seq_len``) goes in as is; ``seq_len`` inside is ignored."""
+    import ml_collections
+
+    data = ml_collections.ConfigDict(_cfg(small_corpus, num_epochs=1, shuffle_window=0))
+    want = _batches(_cfg(small_corpus, num_epochs=1, shuffle_window=0), stdlib_tokenizer)
+    data.seq_len = 7
+    got = _batches(data, stdlib_tokenizer)
+    assert "seq_len" not in validate_data_config(data) and len(got) == len(want)
+    for w, g in zip(want, got):
+        assert w.keys() == g.keys() == {"tokens", "loss_mask"} and np.array_equal(w["tokens"], g["tokens"])
+    assert train_or_load_tokenizer({"source": "markov", "markov_vocab": 6, "seq_len": 16}, None).vocab_size == 6
+    lang = markov_language({"source": "markov", "markov_vocab": 6, "seq_len": 16}, 16)
+    assert lang.vocab_size == 6 and lang.length == 16
 
 
 def test_default_config_round_trips(small_corpus, stdlib_tokenizer):
