@@ -110,17 +110,15 @@ def run_oracle(args):
 def run_checkpoint(args):
     from dlm_jax.data.pipeline import markov_language
     from dlm_jax.methods import mdlm
-    from dlm_jax.models import make_apply
-    from dlm_jax.train import loop
-    from dlm_jax.train.inference import load_run
+    from dlm_jax.runs import load_run
 
     run = load_run(args.workdir)
     cfg, vocab, length = run.config, int(run.config.model.vocab_size), int(run.config.data.seq_len)
     method = cfg.method
-    fn = jax.jit(mdlm.denoise_fn(make_apply(run.graphdef), run.params, vocab, mdlm.schedule_from_config(method),
+    fn = jax.jit(mdlm.denoise_fn(run.apply, run.params, vocab, mdlm.schedule_from_config(method),
                                  time_conditioning=bool(method.get("time_conditioning", False)),
                                  time_input=method.get("time_input", "t")))
-    chain = markov_language(loop._pipeline_config(cfg), length)
+    chain = markov_language(cfg.data, length)
     print(f"checkpoint {args.workdir} step {run.step}: V={vocab}, L={length}")
     with jax.set_mesh(run.mesh):
         rows = evaluate(fn, chain.log_prob, args, length, vocab)

@@ -39,9 +39,7 @@ sys.path.insert(0, os.path.join(ROOT, "configs"))
 import fsdfm as fsdfm_configs  # noqa: E402  (configs/fsdfm.py)
 
 from dlm_jax.data.pipeline import markov_language  # noqa: E402
-from dlm_jax.methods import fsdfm  # noqa: E402
-from dlm_jax.methods.base import build_method  # noqa: E402
-from dlm_jax.models import make_apply  # noqa: E402
+from dlm_jax.runs import load_run  # noqa: E402
 from dlm_jax.train import loop  # noqa: E402
 
 
@@ -55,21 +53,23 @@ def unigram_entropy_bits(samples: np.ndarray) -> float:
     return float(np.mean(out))
 
 
-def _train(preset: str, workdir: str, steps: int, **method):
+def _train(preset: str, workdir: str, steps: int, init_from: str = "", **method):
     cfg = fsdfm_configs.get_config(preset)
+    if init_from:
+        cfg.init_from.workdir = init_from
     cfg.train.steps = steps
-    cfg.train.eval_every = max(steps // 2, 1)
+    cfg.evals.eval.every = max(steps // 2, 1)
     cfg.checkpoint.every = steps
     for k, v in method.items():
         cfg.method[k] = v
     start = time.perf_counter()
-    out = loop.train(cfg, workdir)  # the student copies method.init_from through Method.init_params
+    out = loop.train(cfg, workdir)  # the student starts from config.init_from (the teacher run)
     return cfg, time.perf_counter() - start, out["step"]
 
 
 def _load(workdir: str, weights: str):
-    graphdef, params, cfg = fsdfm.load_workdir_params(workdir, weights=weights)
-    return build_method(cfg, make_apply(graphdef)), params, cfg
+    run = load_run(workdir, use_ema=weights == "ema")
+    return run.method, run.params, run.config
 
 
 def _evaluate(method, params, key, *, steps, sampler, samples, oracle):
@@ -100,7 +100,7 @@ def main():
     t_dir, s_dir = os.path.join(args.workdir, "teacher"), os.path.join(args.workdir, "student")
     t_cfg, t_train_s, _ = _train("teacher_demo", t_dir, args.teacher_steps)
     s_cfg, s_train_s, _ = _train("demo", s_dir, args.student_steps, init_from=t_dir)
-    oracle = markov_language({k: v for k, v in t_cfg.data.items() if k != "seq_len"}, t_cfg.data.seq_len)
+    oracle = markov_language(t_cfg.data, t_cfg.data.seq_len)
     teacher, t_params, _ = _load(t_dir, args.weights)
     student, s_params, _ = _load(s_dir, args.weights)
 

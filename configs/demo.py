@@ -9,6 +9,8 @@ same command again resumes from the last checkpoint.
 
 import ml_collections
 
+from dlm_jax import config_blocks
+
 PRESETS = ("demo", "tiny")
 
 
@@ -25,6 +27,7 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     c.data.seq_len = 128 if arg == "demo" else 64
 
     c.model = ml_collections.ConfigDict()
+    c.model.name = "dit"
     c.model.width = 128 if arg == "demo" else 64
     c.model.depth = 4 if arg == "demo" else 2
     c.model.heads = 4 if arg == "demo" else 2
@@ -50,27 +53,11 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     c.train.ema_decay = 0.99 if arg == "demo" else 0.9
     c.train.microbatches = 1
     c.train.log_every = 10
-    c.train.eval_every = 200 if arg == "demo" else 15
-    c.train.eval_batches = 8 if arg == "demo" else 2
 
-    c.mesh = ml_collections.ConfigDict()
-    c.mesh.data = -1
-    c.mesh.fsdp = 1
-    c.mesh.tensor = 1
-    c.mesh.strategy = "dp"
-    c.mesh.distributed = "off"  # "auto" on TPU pods / SLURM; "explicit" for launch/local.sh
-    c.mesh.coordinator_address = ""
-    c.mesh.num_processes = 1
-    c.mesh.process_id = 0
-    c.mesh.initialization_timeout = 300
-
-    c.checkpoint = ml_collections.ConfigDict()
-    c.checkpoint.every = 200 if arg == "demo" else 15
-    c.checkpoint.keep = 2
-
-    c.sample = ml_collections.ConfigDict()
-    c.sample.sampler = "mdlm_cache"
-    c.sample.steps = (8, 32, 128) if arg == "demo" else (8,)
-    c.sample.num_samples = 3 if arg == "demo" else 2
-    c.sample.use_ema = arg == "demo"
+    c.mesh = config_blocks.mesh()
+    c.checkpoint = config_blocks.checkpoint(every=200 if arg == "demo" else 15, keep=2)
+    c.evals = config_blocks.evals(batches=8 if arg == "demo" else 2, every=200 if arg == "demo" else 15)
+    c.init_from = config_blocks.init_from()
+    c.sample = config_blocks.sample("mdlm_cache", steps=(8, 32, 128) if arg == "demo" else (8,),
+                                    num_samples=3 if arg == "demo" else 2, use_ema=arg == "demo")
     return c

@@ -1,5 +1,5 @@
 """FS-DFM (METHODS §6): a DFM teacher is pretrained first, then the (t, h) student is distilled from a
-copy of it. Two configs chained through the teacher's workdir (the student's ``method.init_from``):
+copy of it. Two configs chained through the teacher's workdir (the student's ``init_from``):
 
     # 1. DFM teacher (stage 0): generalized KL, mask source, κ = t
     python -m dlm_jax train --config configs/fsdfm.py:teacher_demo     # -> runs/fsdfm_teacher_demo
@@ -12,13 +12,14 @@ exactly), ``teacher_paper`` / ``paper`` (1,024 tokens, DiT 768/12/12 cond 128, t
 Append ``_uniform`` to any preset for the uniform source (e.g. ``paper_uniform``, the released
 checkpoints' source); teacher and student must use the same source.
 
-Student initialisation: when it starts from scratch, the trainer applies the method's
-``init_params`` hook, which copies the ``method.init_from`` teacher checkpoint into the student
-(``dlm_jax.methods.fsdfm.init_params``). ``model.identity_h_init=True`` makes the student equal to the
+Student initialisation: when it starts from scratch, the trainer copies the ``init_from`` teacher
+run into the student (mapping ``"dit_t_to_th"``, ``dlm_jax.runs.init_from``; the sources must match). ``model.identity_h_init=True`` makes the student equal to the
 teacher at step 0 (tiny/demo); ``paper`` keeps the reference's random fuser init.
 """
 
 import ml_collections
+
+from dlm_jax import config_blocks
 
 PRESETS = ("teacher_tiny", "tiny", "teacher_demo", "demo", "teacher_paper", "paper")
 
@@ -55,6 +56,7 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
         c.data.seq_len = 16 if scale == "tiny" else 32
 
     c.model = ml_collections.ConfigDict(_sizes(scale))
+    c.model.name = "dit"
     c.model.max_len = c.data.seq_len
     c.model.conditioning = "t" if teacher else "th"
     c.model.dropout = 0.0
@@ -82,7 +84,6 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
         c.method.just_student = True
         c.method.teacher_workdir = teacher_workdir  # read only when just_student=False
         c.method.teacher_weights = "params"
-        c.method.init_from = teacher_workdir
         c.method.sampler = "fsdfm"
 
     c.train = ml_collections.ConfigDict()
@@ -94,7 +95,8 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
         c.train.weight_decay = 0.03
         c.train.b1, c.train.b2 = 0.9, 0.95
         c.train.compute_dtype = "bfloat16"
-        c.train.log_every, c.train.eval_every, c.train.eval_batches = 100, 10_000, 16
+        c.train.log_every = 100
+        c.evals = config_blocks.evals(batches=16, every=10_000)
     else:
         c.train.steps = {"tiny": 20, "demo": 3000}[scale] if teacher else {"tiny": 10, "demo": 2000}[scale]
         c.train.batch_size = 8 if scale == "tiny" else 64
@@ -103,8 +105,7 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
         c.train.weight_decay = 0.0
         c.train.b1, c.train.b2 = 0.9, 0.999
         c.train.log_every = 5 if scale == "tiny" else 50
-        c.train.eval_every = 10 if scale == "tiny" else 1000
-        c.train.eval_batches = 1 if scale == "tiny" else 4
+        c.evals = config_blocks.evals(batches=1 if scale == "tiny" else 4, every=10 if scale == "tiny" else 1000)
     c.train.schedule = "cosine"
     c.train.final_lr_frac = 0.1
     c.train.eps = 1e-8
@@ -114,20 +115,10 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     c.train.ema_decay = 0.9995 if scale == "paper" else 0.99 if scale == "demo" else 0.9
     c.train.microbatches = 1
 
-    c.mesh = ml_collections.ConfigDict()
-    c.mesh.data = -1
-    c.mesh.fsdp = 1
-    c.mesh.tensor = 1
-    c.mesh.strategy = "dp"
-    c.mesh.distributed = "off"
-    c.mesh.coordinator_address = ""
-    c.mesh.num_processes = 1
-    c.mesh.process_id = 0
-    c.mesh.initialization_timeout = 300
-
-    c.checkpoint = ml_collections.ConfigDict()
-    c.checkpoint.every = 10 if scale == "tiny" else 1000 if scale == "demo" else 10_000
-    c.checkpoint.keep = 2
+    c.mesh = config_blocks.mesh()
+    c.checkpoint = config_blocks.checkpoint(every=10 if scale == "tiny" else 1000 if scale == "demo" else 10_000)
+    c.init_from = config_blocks.init_from(workdir="" if teacher else teacher_workdir,
+                                          mapping="copy" if teacher else "dit_t_to_th")
 
     c.sample = ml_collections.ConfigDict()
     c.sample.sampler = "dfm_euler" if teacher else "fsdfm"

@@ -7,7 +7,16 @@ reference for FeF and sampler benchmarks on a trained model. Presets: ``default`
 a few CPU minutes), ``tiny`` (tests).
 """
 
-from configs import demo
+import importlib.util
+import os
+
+
+def _demo():
+    """configs/demo.py loaded by path, so this file works from any working directory."""
+    spec = importlib.util.spec_from_file_location("dlm_jax_configs_demo", os.path.join(os.path.dirname(__file__), "demo.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 PRESETS = ("default", "tiny")
 
@@ -15,7 +24,7 @@ PRESETS = ("default", "tiny")
 def get_config(arg: str = "default"):
     if arg not in PRESETS:
         raise ValueError(f"config preset: {arg!r}; expected one of {PRESETS}")
-    c = demo.get_config("tiny")
+    c = _demo().get_config("tiny")
     c.workdir = "runs/mdlm_markov" if arg == "default" else "runs/mdlm_markov_tiny"
     c.data.source = "markov"
     c.data.markov_vocab = 8
@@ -30,7 +39,7 @@ def get_config(arg: str = "default"):
     c.train.lr = 2e-3
     c.train.warmup_steps = 100 if arg == "default" else 2
     c.train.ema_decay = 0.999 if arg == "default" else 0.9
-    c.train.eval_every = 500 if arg == "default" else 10
+    c.evals.eval.every = 500 if arg == "default" else 10
     c.checkpoint.every = 500 if arg == "default" else 10
     c.sample.steps = (4, 16)
     c.sample.num_samples = 4

@@ -5,7 +5,8 @@
     python -m dlm_jax sample --workdir runs/demo --steps 8,32 --sampler remdm_loop --num-samples 4
     python -m dlm_jax eval --workdir runs/demo
 
-Thin by design: parse flags, call one function of ``dlm_jax.train``. ``train`` resumes when the
+Thin by design: parse flags, call one function of ``dlm_jax.train`` / ``dlm_jax.runs`` /
+``dlm_jax.eval``; it knows no model, method or metric by name. ``train`` resumes when the
 workdir holds a checkpoint, then prints samples at ``config.sample.steps`` and the validation
 metrics. Config overrides use ml_collections flags (``--config.<key>=<value>``).
 """
@@ -31,7 +32,8 @@ flags.DEFINE_string("sampler", None, "sample: sampler name (default config.sampl
 flags.DEFINE_integer("num_samples", None, "sample: sequences per step count.")
 flags.DEFINE_string("out", None, "sample: write samples to this JSONL file.")
 flags.DEFINE_integer("seed", 0, "sample/eval: PRNG seed.")
-flags.DEFINE_integer("batches", None, "eval: number of validation batches.")
+flags.DEFINE_integer("batches", None, "eval: batches per evaluator (default: each evaluator's own).")
+flags.DEFINE_list("evals", None, "eval: names of config.evals entries to run (default: all).")
 flags.DEFINE_bool("ema", None, "sample/eval: use the EMA params (default config.sample.use_ema).")
 FLAGS = flags.FLAGS
 
@@ -43,17 +45,16 @@ def _normalise(argv: list[str]) -> list[str]:
 
 
 def _print_samples(run, steps_list, sampler, num_samples, seed, out):
-    from dlm_jax.train import inference
+    from dlm_jax.eval import generate as gen
 
     rows = []
     for steps in steps_list:
-        tokens, info = inference.generate(run, steps=int(steps), sampler=sampler, num_samples=num_samples,
-                                          seed=seed)
-        texts = inference.decode(run, tokens)
+        tokens, info = gen.generate(run, steps=int(steps), sampler=sampler, num_samples=num_samples, seed=seed)
+        texts = gen.decode(run, tokens)
         name = sampler or run.config.sample.get("sampler", "default")
         print(f"\n=== {name}, {steps} steps: NFE {int(info['nfe'].max())}, "
               f"{info['seconds'] * 1e3:.0f} ms for {len(texts)} samples ===")
-        score = inference.exact_score(run, tokens)
+        score = gen.exact_score(run, tokens)
         if score is not None:
             print(f"exact log p*(x)/L under the true chain: {score['log_prob_per_token']:.4f} "
                   f"± {score['stderr']:.4f} (exact samples: {score['exact_per_token']:.4f})")
@@ -69,12 +70,31 @@ def _print_samples(run, steps_list, sampler, num_samples, seed, out):
         print(f"\nwrote {len(rows)} samples to {out}")
 
 
-def _print_eval(run, batches, seed):
-    from dlm_jax.train import inference
+def _print_eval(run, batches, seed, names=None):
+    """Run the run's ``config.evals`` (all, or ``names``) on this process and print them."""
+    import jax
 
-    metrics = inference.evaluate(run, num_batches=batches, seed=seed)
-    shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k not in ("num_tokens", "num_batches"))
-    print(f"\nvalidation (step {run.step}, {int(metrics['num_tokens'])} tokens): {shown}")
+    from dlm_jax.eval import evaluators
+    from dlm_jax.train import loop
+
+    evals = evaluators.build_evaluators(run.config)
+    if names:
+        for name in names:
+            if name not in evals:
+                raise ValueError(f"--evals: {name!r}; expected names from config.evals {tuple(evals)}")
+    ctx = evaluators.plain_context(
+        run.config, run.method, lambda split: loop.grain_data(run.config, split=split, process_index=0,
+                                                              process_count=1, workdir=run.workdir),
+        jax.random.key(seed + 1), mesh=run.mesh, workdir=run.workdir)
+    metrics = evaluators.run_evaluators(evals, ctx, lambda block: run.params, names=names, batches=batches)
+    units = {"nelbo": " nats/token", "bits_per_token": " bits/token"}
+    for name, (block, _) in evals.items():
+        shown = ", ".join(f"{k.split('/', 1)[1]} {v:.4f}{units.get(k.split('/', 1)[1], '')}"
+                          for k, v in metrics.items()
+                          if k.startswith(name + "/") and not k.endswith(("_sum", "num_batches", "num_tokens")))
+        if shown:
+            count = metrics.get(f"{name}/num_tokens")
+            print(f"\n{block['split']} [{name}] (step {run.step}{f', {int(count)} tokens' if count else ''}): {shown}")
     return metrics
 
 
@@ -87,7 +107,7 @@ def _run(argv: list[str]) -> None:
     command = argv[1]
     if not FLAGS["verbosity"].present:  # Orbax/absl INFO lines drown the progress bar
         logging.set_verbosity(logging.ERROR)
-    from dlm_jax.train import inference
+    from dlm_jax import runs
 
     if command == "train":
         from dlm_jax.train import loop
@@ -105,21 +125,21 @@ def _run(argv: list[str]) -> None:
             if jax.process_index() == 0:
                 print(f"trained {workdir}; sample with `python -m dlm_jax sample --workdir {workdir}`")
             return
-        run = inference.load_run(workdir, use_ema=FLAGS.ema)
+        run = runs.load_run(workdir, use_ema=FLAGS.ema)
         steps = FLAGS.steps or list(config.sample.get("steps", (8,)))
         _print_samples(run, steps, FLAGS.sampler, FLAGS.num_samples or config.sample.get("num_samples", 2),
                        FLAGS.seed, FLAGS.out)
-        _print_eval(run, FLAGS.batches, FLAGS.seed)
+        _print_eval(run, FLAGS.batches, FLAGS.seed, FLAGS.evals)
         return
 
     if not FLAGS.workdir:
         raise app.UsageError(f"--workdir: None; expected the run directory for `{command}`")
-    run = inference.load_run(FLAGS.workdir, use_ema=FLAGS.ema)
+    run = runs.load_run(FLAGS.workdir, use_ema=FLAGS.ema)
     if command == "sample":
         steps = FLAGS.steps or list(run.config.get("sample", {}).get("steps", (8,)))
         _print_samples(run, steps, FLAGS.sampler, FLAGS.num_samples or 4, FLAGS.seed, FLAGS.out)
     else:
-        _print_eval(run, FLAGS.batches, FLAGS.seed)
+        _print_eval(run, FLAGS.batches, FLAGS.seed, FLAGS.evals)
 
 
 def _run_reporting_errors(argv: list[str]) -> None:

@@ -22,7 +22,7 @@ def cli(*args, timeout=600, devices=1):
 def trained(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("cli") / "run")
     out = cli("train", "--config", "configs/demo.py:tiny", "--workdir", workdir, "--config.train.steps=12",
-              "--config.checkpoint.every=6", "--config.train.eval_every=6")
+              "--config.checkpoint.every=6", "--config.evals.eval.every=6")
     assert out.returncode == 0, out.stderr[-3000:]
     return workdir, out
 
@@ -36,7 +36,7 @@ def test_train_writes_checkpoints_metrics_and_prints_samples(trained):
     assert len(losses) >= 2 and all(2.0 < v < 12.0 for v in losses)
     assert any("eval/nelbo" in r for r in rows)
     assert "=== mdlm_cache, 8 steps: NFE" in out.stdout
-    assert "validation (step 12" in out.stdout
+    assert "validation [eval] (step 12" in out.stdout
 
 
 @pytest.mark.slow
@@ -63,8 +63,9 @@ def test_sample_to_jsonl_and_eval(trained, tmp_path):
     out = cli("eval", "--workdir", workdir, "--batches", "2")
     assert out.returncode == 0, out.stderr[-3000:]
     line = [s for s in out.stdout.splitlines() if s.startswith("validation")][0]
-    nelbo = float(line.split("nelbo ")[1].split(",")[0])
-    bits = float(line.split("bits_per_token ")[1].split(",")[0])
+    nelbo = float(line.split("nelbo ")[1].split()[0])
+    bits = float(line.split("bits_per_token ")[1].split()[0])
+    assert "nats/token" in line and "bits/token" in line
     assert 1.0 < nelbo < 12.0 and abs(bits - nelbo / 0.6931471805599453) < 1e-3
 
 

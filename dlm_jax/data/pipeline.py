@@ -35,13 +35,6 @@ __all__ = ["default_data_config", "build_pipeline", "build_examples", "build_sou
            "source_names", "train_or_load_tokenizer", "validate_data_config"]
 
 
-def __getattr__(name: str):
-    """``SOURCES``: deprecated alias of ``source_names()`` (kept for the trainer until it switches)."""
-    if name == "SOURCES":
-        return source_names()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def build_examples(data_config, split: str = "train", *, seq_len: int | None = None, seed: int = 0):
     """``(validated config, Examples)`` of ``data.source`` for ``split`` ("train"/"validation",
     "all" where the source allows it); ``seq_len`` None when only the text is needed."""

@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dlm_jax.eval.reduce import reduce_sums
+from dlm_jax.methods.mdlm import antithetic_times as draw_antithetic
 from dlm_jax.methods.mdlm import nelbo_terms
 from dlm_jax.processes.masking import forward_mask
 from dlm_jax.processes.schedules import MaskingSchedule
@@ -69,9 +71,8 @@ def nelbo_batch(logprobs_fn: Callable, params, tokens, loss_mask, key, *, schedu
     def one(carry, inputs):
         t_k, w_k, k = inputs
         k_t, k_z = jax.random.split(k)
-        if antithetic_times:
-            u = jax.random.uniform(k_t, (), dtype=times.dtype)
-            t = (1.0 - t_min) * jnp.mod(u / b + jnp.arange(b, dtype=times.dtype) / b, 1.0) + t_min
+        if antithetic_times:  # the trainer's rotated grid: every row's t is uniform on [t_min, 1]
+            t = draw_antithetic(k_t, b, t_min, rotate=True, dtype=times.dtype)
         else:
             t = jnp.full((b,), t_k, times.dtype)
         z = forward_mask(k_z, tokens, schedule.alpha(t), mask_id)
@@ -113,30 +114,30 @@ def evaluate_nelbo(logprobs_fn: Callable, params, batches: Iterable[Any], rng, *
     times, weights = jnp.asarray(times, dtype), jnp.asarray(weights, dtype)
 
     @jax.jit
-    def step(params, tokens, loss_mask, key):
-        return nelbo_batch(logprobs_fn, params, tokens, loss_mask, key, schedule=schedule, mask_id=mask_id,
-                           times=times, weights=weights, antithetic_times=antithetic, t_min=t_min)
+    def step(params, batch, key):
+        rows, cnt = nelbo_batch(logprobs_fn, params, batch["tokens"], batch["loss_mask"], key, schedule=schedule,
+                                mask_id=mask_id, times=times, weights=weights, antithetic_times=antithetic,
+                                t_min=t_min)
+        return {"nelbo_sum": rows, "num_tokens": cnt, "sq": rows * rows, "sc": rows * cnt, "cc": cnt * cnt,
+                "num_sequences": jnp.ones_like(rows)}
 
-    sums, counts = [], []
-    for i, batch in enumerate(batches):
-        if max_batches is not None and i >= max_batches:
-            break
+    def prepare(batch):
         tokens = batch["tokens"] if isinstance(batch, dict) else batch
         loss_mask = batch.get("loss_mask") if isinstance(batch, dict) else None
         if loss_mask is None:
             loss_mask = jnp.ones(jnp.shape(tokens), jnp.float32)
-        rows, cnt = step(params, jnp.asarray(tokens, jnp.int32), jnp.asarray(loss_mask, jnp.float32),
-                         jax.random.fold_in(rng, i))
-        sums.append(np.asarray(rows, np.float64))
-        counts.append(np.asarray(cnt, np.float64))
-    if not sums:
+        return {"tokens": jnp.asarray(tokens, jnp.int32), "loss_mask": jnp.asarray(loss_mask, jnp.float32)}
+
+    tot, done = reduce_sums(step, params, batches, rng, max_batches=max_batches, prepare=prepare)
+    if not done:
         raise ValueError("batches: empty; expected at least one batch")
-    s, c = np.concatenate(sums), np.concatenate(counts)
-    nats = float(s.sum() / max(c.sum(), 1e-12))
-    n = s.shape[0]
-    stderr = float(np.sqrt(np.sum((s - nats * c) ** 2) / max(n * (n - 1), 1)) / max(c.mean(), 1e-12))
+    s_sum, c_sum, n = tot["nelbo_sum"], tot["num_tokens"], tot["num_sequences"]
+    nats = float(s_sum / max(c_sum, 1e-12))
+    # Σ (s_i − r c_i)² from the reduced sums (delta-method stderr of the ratio over sequences).
+    resid = max(tot["sq"] - 2 * nats * tot["sc"] + nats * nats * tot["cc"], 0.0)
+    stderr = float(np.sqrt(resid / max(n * (n - 1), 1)) / max(c_sum / n, 1e-12))
     return {"nats_per_token": nats, "bits_per_token": nats / math.log(2.0), "ppl": float(np.exp(nats)),
-            "stderr_nats": stderr, "num_tokens": float(c.sum()), "num_sequences": float(n)}
+            "stderr_nats": stderr, "num_tokens": float(c_sum), "num_sequences": float(n)}
 
 
 def exact_nelbo(denoise_fn: Callable, xs, schedule: MaskingSchedule, *, mask_id: int, t_lo: float = 0.0,

@@ -15,7 +15,7 @@ Time direction: **t = 0 is the source (all-mask or uniform noise), t = 1 is the 
   its K points), with the model queried at ``t = κ^{-1}(κ_k)`` (``κ^{1/n}``); the mean over k is a
   per-token bound on ``−log p(x)`` in nats.
 
-Config keys read by ``build`` (``config.method.get(key, default)``):
+Config keys read by ``build`` (missing keys get these defaults, written back into the config):
 
 =================  ==============  ========================================================
 ``source``         ``"mask"``      ``"mask"`` or ``"uniform"``
@@ -29,7 +29,7 @@ Config keys read by ``build`` (``config.method.get(key, default)``):
 =================  ==============  ========================================================
 
 plus ``config.model.vocab_size`` (V clean classes; fallback ``config.data.tokenizer_vocab_size``),
-``config.model.conditioning`` (must be ``"t"`` when given), ``config.model.dropout`` and
+``config.model.dropout`` and
 ``config.data.seq_len`` (default sample length).
 """
 
@@ -40,9 +40,10 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from dlm_jax.checks import check_choice, check_float, check_int, check_str, resolve
 from dlm_jax.methods.base import Method, masked_mean, vocab_size_from_config
+from dlm_jax.models.registry import ModelSpec
 from dlm_jax.processes import flow
 
 __all__ = [
@@ -58,6 +59,8 @@ __all__ = [
     "masked_mean",
     "schedule_from_config",
     "vocab_size_from_config",
+    "check_source",
+    "model_spec",
     "build",
 ]
 
@@ -152,45 +155,24 @@ def elbo_terms(lp_fn: Callable, key, x1, *, source: str, vocab_size: int, schedu
 
 
 def schedule_from_config(method_cfg) -> flow.KappaSchedule:
-    """``method.schedule`` (``"polynomial"`` with ``method.exponent``, or a named κ schedule)."""
-    name = method_cfg.get("schedule", "polynomial")
+    """``method.schedule`` (``"polynomial"`` with ``method.exponent``, or a named κ schedule);
+    defaults written back into ``method_cfg``."""
+    name = resolve(method_cfg, "schedule", "polynomial", prefix="method")
     if name == "polynomial":
-        exponent = method_cfg.get("exponent", 1.0)
-        if isinstance(exponent, bool) or not isinstance(exponent, (int, float)) or not exponent > 0:
-            raise ValueError(f"method.exponent: {exponent!r}; expected a number > 0")
-        return flow.KappaSchedule("polynomial", float(exponent))
-    try:
-        return flow.get_schedule(name)
-    except ValueError:
-        raise ValueError(f"method.schedule: {name!r}; expected one of {flow.SCHEDULES}") from None
+        exponent = resolve(method_cfg, "exponent", 1.0, prefix="method", check=check_float, min=0.0, min_open=True)
+        return flow.KappaSchedule("polynomial", exponent)
+    check_choice("method.schedule", name, flow.SCHEDULES)
+    return flow.get_schedule(name)
 
 
 def check_source(method_cfg) -> str:
-    source = method_cfg.get("source", "mask")
-    if source not in flow.SOURCES:
-        raise ValueError(f"method.source: {source!r}; expected one of {flow.SOURCES}")
-    return source
+    return resolve(method_cfg, "source", "mask", prefix="method", check=check_choice, allowed=flow.SOURCES)
 
 
-def check_conditioning(config, expected: str) -> None:
-    cond = config.model.get("conditioning", None) if "model" in config else None
-    if cond is not None and cond != expected:
-        raise ValueError(f"model.conditioning: {cond!r}; expected {expected!r} for method "
-                         f"{config.method.get('name')!r}")
-
-
-def _check_float(method_cfg, key, default, lo, hi):
-    v = method_cfg.get(key, default)
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v < hi:
-        raise ValueError(f"method.{key}: {v!r}; expected a number in [{lo}, {hi})")
-    return float(v)
-
-
-def _check_int(method_cfg, key, default, lo):
-    v = method_cfg.get(key, default)
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-        raise ValueError(f"method.{key}: {v!r}; expected an int >= {lo}")
-    return int(v)
+def model_spec(config, conditioning: str = "t") -> ModelSpec:
+    """Ids in ``[0, V]`` (mask id V) in, ``V + 1`` logits out (the mask logit is dropped), time ``t``."""
+    v = vocab_size_from_config(config)
+    return ModelSpec(input="tokens", num_input_ids=v + 1, num_outputs=v + 1, conditioning=conditioning)
 
 
 def get_sampler(name: str):
@@ -205,16 +187,14 @@ def build(config, apply_fn: Callable) -> Method:
     config keys in the module docstring. Validates before anything compiles."""
     mc = config.method
     vocab_size = vocab_size_from_config(config)
-    check_conditioning(config, "t")
     source = check_source(mc)
     schedule = schedule_from_config(mc)
-    loss_name = mc.get("loss", "gkl")
-    if loss_name not in LOSSES:
-        raise ValueError(f"method.loss: {loss_name!r}; expected one of {LOSSES}")
-    time_epsilon = _check_float(mc, "time_epsilon", 1e-5, 0.0, 1.0)
-    num_points = _check_int(mc, "elbo_points", 32, 1)
-    elbo_eps = _check_float(mc, "elbo_eps", 1e-3, 0.0, 1.0)
-    default_sampler = mc.get("sampler", "dfm_euler")
+    loss_name = resolve(mc, "loss", "gkl", prefix="method", check=check_choice, allowed=LOSSES)
+    time_epsilon = resolve(mc, "time_epsilon", 1e-5, prefix="method", check=check_float, min=0.0, max=1.0,
+                           max_open=True)
+    num_points = resolve(mc, "elbo_points", 32, prefix="method", check=check_int, min=1)
+    elbo_eps = resolve(mc, "elbo_eps", 1e-3, prefix="method", check=check_float, min=0.0, max=1.0, max_open=True)
+    default_sampler = resolve(mc, "sampler", "dfm_euler", prefix="method", check=check_str)
     use_dropout = "model" in config and float(config.model.get("dropout", 0.0) or 0.0) > 0.0
     default_length = config.data.get("seq_len", None) if "data" in config else None
     lp_fn = logprobs_fn(apply_fn, vocab_size)

@@ -22,7 +22,7 @@ Pieces usable on their own (tests plug the exact oracle in instead of a network)
 * ``logprobs_fn`` / ``denoise_fn`` — a model ``apply_fn`` turned into the masked sampler seam
   ``(z [B, L], t [B]) -> log-probs [B, L, V]``.
 
-Config keys read by ``build`` (``config.method.get(key, default)``):
+Config keys read by ``build`` (missing keys get these defaults, written back into the config):
 
 =====================  ===============  ====================================================
 ``schedule``           ``"loglinear"``  masking schedule name (``processes.schedules``)
@@ -50,7 +50,9 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from dlm_jax.checks import check_bool, check_choice, check_float, check_str, resolve
 from dlm_jax.methods.base import Method, masked_mean, vocab_size_from_config
+from dlm_jax.models.registry import ModelSpec
 from dlm_jax.processes.masking import forward_mask
 from dlm_jax.processes.schedules import MaskingSchedule, get_schedule
 
@@ -63,6 +65,7 @@ __all__ = [
     "logprobs_fn",
     "denoise_fn",
     "schedule_from_config",
+    "model_spec",
     "build",
 ]
 
@@ -164,11 +167,12 @@ def denoise_fn(apply_fn: Callable, params, vocab_size: int, schedule: MaskingSch
 
 
 def schedule_from_config(method_cfg) -> MaskingSchedule:
-    """The schedule named by ``method.schedule`` with ``method.eps`` / ``method.exponent``."""
-    name = method_cfg.get("schedule", "loglinear")
-    kw = {"eps": method_cfg.get("eps", None)}
+    """The schedule named by ``method.schedule`` with ``method.eps`` / ``method.exponent``
+    (defaults written back into ``method_cfg``)."""
+    name = resolve(method_cfg, "schedule", "loglinear", prefix="method")
+    kw = {"eps": resolve(method_cfg, "eps", None, prefix="method")}
     if name == "poly":
-        kw["exponent"] = method_cfg.get("exponent", None)
+        kw["exponent"] = resolve(method_cfg, "exponent", None, prefix="method")
     return get_schedule(name, **kw)
 
 
@@ -179,22 +183,25 @@ def _get_sampler(name: str):
     return get_sampler(name)
 
 
+def model_spec(config) -> ModelSpec:
+    """Token ids in ``[0, V]`` (mask id V) in, ``V + 1`` logits out (the mask logit is dropped by SUBS)."""
+    v = vocab_size_from_config(config)
+    return ModelSpec(input="tokens", num_input_ids=v + 1, num_outputs=v + 1)
+
+
 def build(config, apply_fn: Callable) -> Method:
     """The MDLM ``Method`` for a model ``apply_fn(params, z, cond, *, dropout_rng=None) -> logits
     [B, L, V+1]``; config keys in the module docstring. Validates before anything compiles."""
     mc = config.method
     vocab_size = vocab_size_from_config(config)
     schedule = schedule_from_config(mc)
-    sampling_eps = mc.get("sampling_eps", 1e-3)
-    if not isinstance(sampling_eps, (int, float)) or not 0.0 <= sampling_eps < 1.0:
-        raise ValueError(f"method.sampling_eps: {sampling_eps!r}; expected a float in [0, 1)")
-    time_conditioning = bool(mc.get("time_conditioning", False))
-    time_input = mc.get("time_input", "t")
-    if time_input not in _TIME_INPUTS:
-        raise ValueError(f"method.time_input: {time_input!r}; expected one of {_TIME_INPUTS}")
-    antithetic = bool(mc.get("antithetic", True))
-    rotate_times = bool(mc.get("rotate_times", True))
-    default_sampler = mc.get("sampler", "mdlm")
+    sampling_eps = resolve(mc, "sampling_eps", 1e-3, prefix="method", check=check_float, min=0.0, max=1.0,
+                           max_open=True)
+    time_conditioning = resolve(mc, "time_conditioning", False, prefix="method", check=check_bool)
+    time_input = resolve(mc, "time_input", "t", prefix="method", check=check_choice, allowed=_TIME_INPUTS)
+    antithetic = resolve(mc, "antithetic", True, prefix="method", check=check_bool)
+    rotate_times = resolve(mc, "rotate_times", True, prefix="method", check=check_bool)
+    default_sampler = resolve(mc, "sampler", "mdlm", prefix="method", check=check_str)
     use_dropout = "model" in config and float(config.model.get("dropout", 0.0) or 0.0) > 0.0
     default_length = config.data.get("seq_len", None) if "data" in config else None
     mask_id = vocab_size
@@ -232,7 +239,7 @@ def build(config, apply_fn: Callable) -> Method:
         fn = _get_sampler(sampler or default_sampler)
         denoise = denoise_fn(apply_fn, params, vocab_size, schedule, time_conditioning=time_conditioning,
                              time_input=time_input)
-        # Masked samplers take the mask id to be ``vocab_size`` (CONVENTIONS.md).
+        # Masked samplers take the mask id to be ``vocab_size`` (docs/ARCHITECTURE.md).
         return fn(denoise, rng, num_samples=num_samples, length=length, steps=steps, vocab_size=vocab_size, **kw)
 
     return Method(name="mdlm", loss=loss, evaluate=evaluate, sample=sample)

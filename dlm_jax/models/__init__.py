@@ -1,4 +1,4 @@
-"""models layer of dlm_jax: the DiT denoiser shared by every method (see DESIGN.md, CONVENTIONS.md).
+"""models layer of dlm_jax: the DiT denoiser shared by every method (see docs/ARCHITECTURE.md).
 
 Functional seam::
 
@@ -23,7 +23,9 @@ None       always replicated (qkv's 3, adaLN's 6/2 chunk axes, ...)   None
 =========  ==========================================================  ===================
 
 No Param uses one name twice, but "cond" and "embed" share the adaLN kernels ([cond, 6, width]), so map
-"cond" to a different mesh axis than "embed" (or to None). `SUGGESTED_LOGICAL_RULES` holds the table.
+"cond" to a different mesh axis than "embed" (or to None); `dlm_jax.mesh` holds the rules per strategy.
+
+Models by name: `registry.build(config, spec)` (``config.model.name``; see `registry.py`).
 
 Param layout (names of the nnx.State; weights stored [in..., out...]):
 adapter.embedding [V, W] (tokens) | adapter.proj.{kernel [d, W], bias} (vectors); self_cond.proj.kernel;
@@ -37,22 +39,15 @@ from dlm_jax.models.adapters import SelfCondProjection, TokenEmbedding, VectorAd
 from dlm_jax.models.api import abstract_model, build_model, count_params, make_apply, make_init
 from dlm_jax.models.config import DiTConfig
 from dlm_jax.models.dit import DiT, validate_inputs
+from dlm_jax.models.registry import Model, ModelDef, ModelSpec, register_model
 from dlm_jax.models.student_init import init_student_from_teacher
-
-SUGGESTED_LOGICAL_RULES = (
-    ("vocab", "tensor"),
-    ("embed", "fsdp"),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("kv", None),
-    ("cond", None),
-    ("norm", None),
-)
 
 __all__ = [
     "DiT",
     "DiTConfig",
-    "SUGGESTED_LOGICAL_RULES",
+    "Model",
+    "ModelDef",
+    "ModelSpec",
     "SelfCondProjection",
     "TokenEmbedding",
     "VectorAdapter",
@@ -63,5 +58,6 @@ __all__ = [
     "init_student_from_teacher",
     "make_apply",
     "make_init",
+    "register_model",
     "validate_inputs",
 ]

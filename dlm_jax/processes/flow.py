@@ -42,7 +42,6 @@ __all__ = [
     "sample_path",
     "path_evidence",
     "jump_log_probs",
-    "jump",
     "marginal_velocity",
     "average_generator",
     "cross_entropy_loss",

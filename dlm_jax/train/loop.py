@@ -3,22 +3,25 @@
 Reads (``ml_collections.ConfigDict``; optional keys in brackets with their default):
 
 * ``seed``
-* ``model``: DiTConfig fields (``dlm_jax.models``); ``vocab_size`` is V, the number of clean
-  classes (default: the tokenizer's); the DiT gets ``V + 1`` input ids (mask id = V) and
-  [``num_classes`` = V + 1] outputs; ``max_len`` (1024) bounds ``data.seq_len``.
-* ``method``: ``name`` (registry in ``methods/base.py``) + the method's own keys.
+* ``model``: ``name`` (a ``models.registry`` name, default the DiT) + that model's fields;
+  ``vocab_size`` is V, the number of clean classes (default: the tokenizer's). The method's
+  ``model_spec`` decides input ids, outputs and conditioning; ``max_len`` bounds ``data.seq_len``.
+* ``method``: ``name`` (``methods.base`` registry) + the method's own keys (defaults written back).
+* [``init_from``]: start from another run's params (``runs.init_from``), on a fresh start only.
 * ``data``: ``seq_len`` + the keys of ``dlm_jax.data.pipeline`` (``source``, ...).
 * ``train``: ``steps``, ``batch_size`` (global), ``lr``, ``warmup_steps``, ``schedule``,
   [``final_lr_frac`` 0.1], ``weight_decay``, ``b1``, ``b2``, [``eps`` 1e-8], ``grad_clip``,
   ``ema_decay``, ``microbatches``, [``compute_dtype`` None], [``step_impl`` "jit" | "shard_map"],
-  ``log_every``, ``eval_every`` (0 = off), ``eval_batches``, [``eval_ema`` False].
+  ``log_every``.
+* [``evals``]: evaluators (``eval.evaluators``), each run every ``every`` steps and at the end.
 * ``mesh``: ``data``, ``fsdp``, ``tensor`` (one may be -1), ``strategy``, [``distributed`` "off"
   | "auto" | "explicit" (+ ``coordinator_address``, ``num_processes``, ``process_id``)].
 * ``checkpoint``: ``every``, ``keep``, [``async_save`` True], [``save_on_signal`` True].
 * [``sample``: ``sampler`` is checked against ``dlm_jax.samplers.SAMPLERS``].
 
 Writes ``<workdir>/metrics.jsonl``, TensorBoard events under ``<workdir>/tb`` and Orbax
-checkpoints under ``<workdir>/checkpoints``; resumes from the newest complete checkpoint.
+checkpoints under ``<workdir>/checkpoints``; resumes from the newest complete checkpoint. The
+trainer knows no model or method by name: it builds both through their registries.
 """
 
 from __future__ import annotations
@@ -32,8 +35,11 @@ import jax
 import ml_collections
 import numpy as np
 
-from dlm_jax.train import checkpoint as ckpt_lib
-from dlm_jax.train import mesh as mesh_lib
+from dlm_jax import checks
+from dlm_jax import mesh as mesh_lib
+from dlm_jax.eval import evaluators
+from dlm_jax.runs import checkpoint as ckpt_lib
+from dlm_jax.runs import init_from
 from dlm_jax.train import optim
 from dlm_jax.train import state as state_lib
 from dlm_jax.train import step as step_lib
@@ -44,88 +50,66 @@ STEP_IMPLS = ("jit", "shard_map")
 # ----------------------------------------------------------------------------------------------
 # Config validation (before anything compiles).
 # ----------------------------------------------------------------------------------------------
-def _bad(key, value, expected):
-    raise ValueError(f"{key}: {value!r}; expected {expected}")
-
-
 def validate_config(config, num_devices: int, process_count: int = 1, *,
                     check_method: bool = True, check_source: bool = True) -> None:
     """One-line ValueErrors naming key, value and what is allowed. ``check_method`` /
     ``check_source``: check names against the registries (off for injected components)."""
     from dlm_jax.methods.base import method_names
+    from dlm_jax.models.registry import resolve_name as resolve_model_name
 
     for section in ("model", "method", "data", "train", "mesh", "checkpoint"):
         if section not in config:
-            _bad(section, None, "a config section")
-    if check_method and config.method.get("name") not in method_names():
-        _bad("method.name", config.method.get("name"), f"one of {method_names()}")
+            checks.fail(section, None, "a config section")
+    if check_method:
+        checks.check_choice("method.name", config.method.get("name"), method_names())
+    resolve_model_name(config)
     t = config.train
     for key in ("steps", "batch_size"):
-        if not isinstance(t.get(key), int) or t.get(key) < 1:
-            _bad(f"train.{key}", t.get(key), "an int >= 1")
+        checks.check_int(f"train.{key}", t.get(key), min=1)
     optim.validate(t)
     step_lib.resolve_dtype(t.get("compute_dtype", None))
-    impl = t.get("step_impl", "jit")
-    if impl not in STEP_IMPLS:
-        _bad("train.step_impl", impl, f"one of {STEP_IMPLS}")
+    impl = checks.resolve(t, "step_impl", "jit", prefix="train", check=checks.check_choice, allowed=STEP_IMPLS)
     sizes = mesh_lib.mesh_shape(config.mesh, num_devices)
     dp = sizes[0] * sizes[1]
     if impl == "shard_map" and config.mesh.get("strategy", "dp") != "dp":
-        _bad("mesh.strategy", config.mesh.strategy, "'dp' with train.step_impl='shard_map'")
+        checks.fail("mesh.strategy", config.mesh.strategy, "'dp' with train.step_impl='shard_map'")
     k = t.get("microbatches", 1) or 1
     if t.batch_size % dp:
-        _bad("train.batch_size", t.batch_size, f"a multiple of the data-parallel size {dp} "
+        checks.fail("train.batch_size", t.batch_size, f"a multiple of the data-parallel size {dp} "
              f"(mesh data x fsdp = {sizes[0]} x {sizes[1]})")
     if t.batch_size % process_count:
-        _bad("train.batch_size", t.batch_size, f"a multiple of the process count {process_count}")
+        checks.fail("train.batch_size", t.batch_size, f"a multiple of the process count {process_count}")
     if (t.batch_size // dp) % k:
-        _bad("train.microbatches", k, f"a divisor of the per-device batch {t.batch_size // dp}")
+        checks.fail("train.microbatches", k, f"a divisor of the per-device batch {t.batch_size // dp}")
     seq_len, max_len = config.data.get("seq_len"), config.model.get("max_len", 1024)
     if not isinstance(seq_len, int) or seq_len < 1:
-        _bad("data.seq_len", seq_len, "an int >= 1")
+        checks.fail("data.seq_len", seq_len, "an int >= 1")
     if seq_len > max_len:
-        _bad("data.seq_len", seq_len, f"<= model.max_len={max_len}")
+        checks.fail("data.seq_len", seq_len, f"<= model.max_len={max_len}")
     if check_source:
-        from dlm_jax.data.pipeline import SOURCES
+        from dlm_jax.data.pipeline import validate_data_config
 
-        if config.data.get("source", "stdlib") not in SOURCES:
-            _bad("data.source", config.data.get("source"), f"one of {SOURCES}")
+        validate_data_config(config.data)
     if "sample" in config and config.sample.get("sampler"):
         from dlm_jax.samplers import SAMPLERS
 
         if config.sample.sampler not in SAMPLERS:
-            _bad("sample.sampler", config.sample.sampler, f"one of {tuple(SAMPLERS)}")
+            checks.fail("sample.sampler", config.sample.sampler, f"one of {tuple(SAMPLERS)}")
     for key in ("every", "keep"):
-        if not isinstance(config.checkpoint.get(key), int) or config.checkpoint.get(key) < 0:
-            _bad(f"checkpoint.{key}", config.checkpoint.get(key), "an int >= 0")
+        checks.check_int(f"checkpoint.{key}", config.checkpoint.get(key), min=0)
+    init_from.validate(config.get("init_from", None))
+    evaluators.eval_blocks(config)
 
 
 # ----------------------------------------------------------------------------------------------
-# Default components: the DiT, the method registry, the grain pipeline.
+# Default components: the grain pipeline.
 # ----------------------------------------------------------------------------------------------
-def dit_model(config):
-    """``(graphdef, params)`` of the DiT: V + 1 input ids (mask id = V), V + 1 outputs by default.
-
-    The trainer traces it (``state.trace_model``) outside any mesh, so the params are never
-    materialised on one device: ``jax.jit(out_shardings=...)`` builds them sharded."""
-    from dlm_jax.models import DiTConfig, build_model
-
-    m = {k: v for k, v in config.model.to_dict().items()}
-    v = m.pop("vocab_size")
-    m.setdefault("num_classes", v + 1)
-    return build_model(DiTConfig.from_dict(dict(m, vocab_size=v + 1)), int(config.seed))
-
-
-def _pipeline_config(config):
-    return {k: v for k, v in config.data.to_dict().items() if k != "seq_len"}
-
-
 def grain_data(config, *, split: str, process_index: int, process_count: int, workdir: str):
     """The grain iterator of local batches for this process (``dlm_jax.data.pipeline``)."""
     from dlm_jax.data.pipeline import build_pipeline, train_or_load_tokenizer
 
-    tok = train_or_load_tokenizer(_pipeline_config(config), workdir)
-    ds = build_pipeline(_pipeline_config(config), tok, batch_size=config.train.batch_size // process_count,
+    tok = train_or_load_tokenizer(config.data, workdir)
+    ds = build_pipeline(config.data, tok, batch_size=config.train.batch_size // process_count,
                         seq_len=config.data.seq_len, seed=int(config.seed), process_index=process_index,
                         process_count=process_count, split=split)
     return iter(ds)
@@ -137,13 +121,13 @@ def _prepare_vocab(config, workdir: str) -> None:
     from jax.experimental import multihost_utils
 
     if jax.process_index() == 0:
-        tok = train_or_load_tokenizer(_pipeline_config(config), workdir)
+        tok = train_or_load_tokenizer(config.data, workdir)
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("tokenizer")
-    tok = train_or_load_tokenizer(_pipeline_config(config), workdir)
+    tok = train_or_load_tokenizer(config.data, workdir)
     v = config.model.get("vocab_size", None)
     if v is not None and v != tok.vocab_size:
-        _bad("model.vocab_size", v, f"the tokenizer's vocab_size {tok.vocab_size}")
+        checks.fail("model.vocab_size", v, f"the tokenizer's vocab_size {tok.vocab_size}")
     with config.unlocked():
         config.model.vocab_size = tok.vocab_size
 
@@ -180,73 +164,58 @@ def _floats(tree) -> dict[str, float]:
     return {k: float(np.asarray(v)) for k, v in jax.device_get(tree).items()}
 
 
-def evaluate(eval_step, params, make_iter, num_batches: int, mesh, rng) -> dict[str, float]:
-    """Sum the method's eval sums over ``num_batches``; ``X_sum / num_tokens`` -> ``X``."""
-    totals: dict[str, float] = {}
-    it = make_iter()
-    for i in range(num_batches):
-        try:
-            local = next(it)
-        except StopIteration:
-            break
-        out = _floats(eval_step(params, step_lib.global_batch(local, mesh), jax.random.fold_in(rng, i)))
-        totals = {k: totals.get(k, 0.0) + v for k, v in out.items()}
-    count = totals.get("num_tokens", totals.get("tokens"))
-    if count:
-        totals.update({k[:-4]: v / count for k, v in list(totals.items()) if k.endswith("_sum")})
-    return {f"eval/{k}": v for k, v in totals.items()}
-
-
 # ----------------------------------------------------------------------------------------------
 # The trainer.
 # ----------------------------------------------------------------------------------------------
-def train(config, workdir: str, *, model_fn: Callable | None = None,
-          method_fn: Callable | None = None, data_fn: Callable | None = None) -> dict[str, Any]:
+def train(config, workdir: str, *, data_fn: Callable | None = None) -> dict[str, Any]:
     """Train (or resume) ``config`` in ``workdir``. Returns ``{"state", "step", "preempted"}``.
 
-    ``model_fn(config) -> (graphdef, params)`` (traced, outside the mesh: keep it pure),
-    ``method_fn(config, apply_fn) -> Method`` and
-    ``data_fn(config, *, split, process_index, process_count) -> iterator`` replace the DiT,
-    the method registry and the grain pipeline (tests, forks).
+    The model and the method come from their registries (``config.model.name``,
+    ``config.method.name``); ``data_fn(config, *, split, process_index, process_count) -> iterator``
+    replaces the grain pipeline (tests, forks).
     """
     config = ml_collections.ConfigDict(config.to_dict() if hasattr(config, "to_dict") else config)
     mesh_lib.maybe_initialize_distributed(config)
     os.makedirs(workdir, exist_ok=True)
     pid, nproc = jax.process_index(), jax.process_count()
-    validate_config(config, jax.device_count(), nproc, check_method=method_fn is None,
-                    check_source=data_fn is None)
+    validate_config(config, jax.device_count(), nproc, check_source=data_fn is None)
     if data_fn is None:
         _prepare_vocab(config, workdir)
         data_fn = lambda c, **kw: grain_data(c, workdir=workdir, **kw)  # noqa: E731
-    if pid == 0:
-        print(f"dlm_jax train: workdir={workdir}\n{config}", flush=True)
-    from dlm_jax.methods.base import build_method
-    from dlm_jax.models import make_apply
+    from dlm_jax.methods.base import build_method, checkpoint_inputs, model_spec
+    from dlm_jax.models import registry
+    from dlm_jax.runs.workdir import resolve_inputs
 
     t, mc = config.train, config.mesh
     strategy, total = mc.get("strategy", "dp"), int(t.steps)
     mesh = mesh_lib.make_mesh(mc)
     # Model, method, optimizer, sharded state: traced outside the mesh context (nnx.eval_shape
     # under jax.set_mesh would read the logical names as mesh axes); shardings are explicit.
-    graphdef, init_params = state_lib.trace_model(lambda: (model_fn or dit_model)(config))
-    method = (method_fn or build_method)(config, make_apply(graphdef))
+    model = registry.build(config, model_spec(config))
+    method = build_method(config, model.apply, inputs=resolve_inputs(checkpoint_inputs(config), mesh))
+    evals = evaluators.build_evaluators(config)
+    with config.unlocked():
+        config.workdir = workdir
+    if pid == 0:
+        print(f"dlm_jax train: workdir={workdir}\n{config}", flush=True)
     optimizer = optim.make_optimizer(t, total)
-    fresh_params = lambda: method.init_params(init_params())  # noqa: E731 - e.g. student <- teacher
-    args = (fresh_params, optimizer, method.init_extra, int(config.seed), mesh, strategy)
-    target, shards = state_lib.abstract_train_state(*args)
 
     # Data, checkpoint, resume.
     train_iter = data_fn(config, split="train", process_index=pid, process_count=nproc)
     ck = config.checkpoint
     checkpointer = ckpt_lib.Checkpointer(workdir, every=ck.every, keep=ck.keep,
                                          async_save=ck.get("async_save", True))
+    key = jax.random.key(int(config.seed))
+    base = (lambda: model.init(key), optimizer, method.init_extra, int(config.seed), mesh, strategy)
+    target, shards = state_lib.abstract_train_state(*base)
     restored = checkpointer.restore_latest(target, train_iter)
     if restored is not None:
         state, _ = restored
         if pid == 0:
             print(f"resumed from {checkpointer.step_dir(int(state.step))}", flush=True)
     else:
-        state, _ = state_lib.create_train_state(*args)
+        init_params, inputs = init_from.initializer(config, model, mesh)
+        state, _ = state_lib.create_train_state(init_params, *base[1:], inputs=inputs)
     start = int(jax.device_get(state.step))
 
     with jax.set_mesh(mesh):
@@ -256,16 +225,24 @@ def train(config, workdir: str, *, model_fn: Callable | None = None,
         train_step = make(method, t, mesh=mesh, state_shardings=shards, total_steps=total,
                           microbatches=t.get("microbatches", 1) or 1,
                           compute_dtype=t.get("compute_dtype", None))
-        eval_step = step_lib.make_eval_step(method, mesh=mesh, params_shardings=shards.params,
-                                            compute_dtype=t.get("compute_dtype", None))
-        eval_iter = lambda: data_fn(config, split="validation", process_index=pid,  # noqa: E731
-                                    process_count=nproc)
-        eval_rng = jax.random.key(int(config.seed) + 1)
+        ctx = evaluators.EvalContext(
+            config=config, method=method, workdir=workdir, rng=jax.random.key(int(config.seed) + 1),
+            batches=lambda split: data_fn(config, split=split, process_index=pid, process_count=nproc),
+            compile=lambda fn: step_lib.make_eval_step(fn, mesh=mesh, params_shardings=shards.params,
+                                                       compute_dtype=t.get("compute_dtype", None)),
+            to_device=lambda local: step_lib.global_batch(local, mesh))
+
+        def run_evals(step):
+            due = [n for n, (b, _) in evals.items() if b["every"] and step % b["every"] == 0]
+            if due:
+                writer.write(step, evaluators.run_evaluators(
+                    evals, ctx, lambda b: state.ema_params if b["ema"] else state.params, names=due))
+            return bool(due)
 
         writer = MetricWriter(workdir)
         preempted = False
         tokens_per_step = t.batch_size * config.data.seq_len
-        log_every, eval_every = max(int(t.get("log_every", 1)), 1), int(t.get("eval_every", 0))
+        log_every = max(int(t.get("log_every", 1)), 1)
         from tqdm import tqdm
 
         bar = tqdm(total=total, initial=start, disable=pid != 0, dynamic_ncols=True)
@@ -285,13 +262,10 @@ def train(config, workdir: str, *, model_fn: Callable | None = None,
                     writer.write(step, m)
                     bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{m['tokens_per_s']:.0f}")
                     t_log, steps_since = time.perf_counter(), 0
-                if eval_every and step % eval_every == 0:
-                    params = state.ema_params if t.get("eval_ema", False) else state.params
-                    writer.write(step, evaluate(eval_step, params, eval_iter,
-                                                int(t.get("eval_batches", 1)), mesh, eval_rng))
+                evaluated = run_evals(step)
                 if checkpointer.due(step):
                     checkpointer.save(step, state, train_iter, config)
-                if (eval_every and step % eval_every == 0) or checkpointer.due(step):
+                if evaluated or checkpointer.due(step):
                     t_log, steps_since = time.perf_counter(), 0  # eval / save time out of tokens/s
                 if guard.should_stop():
                     preempted = True

@@ -16,7 +16,7 @@ import optax
 from flax import struct
 from jax.sharding import Mesh
 
-from dlm_jax.train import mesh as mesh_lib
+from dlm_jax import mesh as mesh_lib
 
 
 @struct.dataclass
@@ -32,10 +32,13 @@ class TrainState:
     rng: jax.Array
 
 
-def _init_fn(init_params: Callable[[], Any], optimizer: optax.GradientTransformation,
+def _init_fn(init_params: Callable[..., Any], optimizer: optax.GradientTransformation,
              init_extra: Callable[[Any], Any], seed: int):
-    def init():
-        params = init_params()
+    """``init(inputs) -> TrainState``; ``inputs`` (e.g. the params of an ``init_from`` run) is passed
+    to ``init_params(inputs)`` as a traced argument, never baked in as a constant; with
+    ``inputs=None`` ``init_params()`` takes no argument."""
+    def init(inputs=None):
+        params = init_params() if inputs is None else init_params(inputs)
         return TrainState(
             step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
             ema_params=jax.tree.map(jnp.copy, params), extra=init_extra(params),
@@ -52,27 +55,27 @@ def state_shardings(abstract_state: TrainState, mesh: Mesh, strategy: str) -> Tr
                       ema_params=p, extra=like(abstract_state.extra), rng=rep)
 
 
-def abstract_train_state(init_params, optimizer, init_extra, seed, mesh: Mesh, strategy: str):
+def abstract_train_state(init_params, optimizer, init_extra, seed, mesh: Mesh, strategy: str, inputs=None):
     """``(abstract state with NamedShardings on the concrete mesh, shardings)`` — the restore
     target for Orbax and the in/out shardings of the train step."""
-    abstract = jax.eval_shape(_init_fn(init_params, optimizer, init_extra, seed))
+    abstract = jax.eval_shape(_init_fn(init_params, optimizer, init_extra, seed), inputs)
     shards = state_shardings(abstract, mesh, strategy)
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           abstract, shards)
     return target, shards
 
 
-def create_train_state(init_params: Callable[[], Any], optimizer: optax.GradientTransformation,
-                       init_extra: Callable[[Any], Any], seed: int, mesh: Mesh, strategy: str):
+def create_train_state(init_params: Callable[..., Any], optimizer: optax.GradientTransformation,
+                       init_extra: Callable[[Any], Any], seed: int, mesh: Mesh, strategy: str, inputs=None):
     """Initialise a sharded TrainState; returns ``(state, shardings)``.
 
     ``init_params()`` must be traceable (e.g. from ``trace_model``). Call it outside
     ``jax.set_mesh``: nnx builders that run ``nnx.eval_shape`` under a mesh read the logical
     names as mesh axes; the out_shardings carry the mesh.
     """
-    _, shards = abstract_train_state(init_params, optimizer, init_extra, seed, mesh, strategy)
+    _, shards = abstract_train_state(init_params, optimizer, init_extra, seed, mesh, strategy, inputs)
     init = jax.jit(_init_fn(init_params, optimizer, init_extra, seed), out_shardings=shards)
-    return init(), shards
+    return init(inputs), shards
 
 
 def trace_model(build_model: Callable[[], tuple[Any, Any]]):

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from dlm_jax.train import mesh as mesh_lib
+from dlm_jax import mesh as mesh_lib
 from dlm_jax.train import optim
 from dlm_jax.train.state import TrainState
 
@@ -150,13 +150,14 @@ def make_train_step_shard_map(method, optimizer_config, *, mesh: Mesh,
                    donate_argnums=(0,) if donate else ())
 
 
-def make_eval_step(method, *, mesh: Mesh, params_shardings: Any,
+def make_eval_step(fn: Callable, *, mesh: Mesh, params_shardings: Any,
                    compute_dtype: str | None = None) -> Callable:
-    """``eval_step(params, batch, rng) -> metrics`` (the method's sums; the caller averages)."""
+    """``eval_step(params, batch, rng) -> sums`` for any ``fn(params, batch, rng) -> sums`` (e.g. a
+    method's ``evaluate``), jitted with the params' and the batch's shardings, in the compute dtype."""
     dtype = resolve_dtype(compute_dtype)
 
     def eval_step(params, batch, rng):
-        metrics = method.evaluate(_cast(params, dtype), batch, rng)
+        metrics = fn(_cast(params, dtype), batch, rng)
         return jax.tree.map(lambda m: jnp.asarray(m, jnp.float32), metrics)
 
     return jax.jit(eval_step, in_shardings=(params_shardings, mesh_lib.batch_sharding(mesh), None),

@@ -80,3 +80,24 @@ def test_evaluate_loglinear_and_antithetic_match_exact_enumeration():
         exact_anti = exact_nelbo(oracle.denoise_fn(3), xs, s, mask_id=3, t_lo=1e-3, time_independent=True)
         target_anti = float(exact_anti.mean() / 4 / (1 - 1e-3))
         assert abs(anti["nats_per_token"] - target_anti) < 4 * anti["stderr_nats"], (anti, target_anti)
+
+
+def test_antithetic_grid_gives_every_row_the_whole_time_range():
+    """With a denoiser whose log-prob of the true token is −t, the per-token NELBO integrand has
+    expectation t (w = 1/t, P(masked) = t under α = 1 − t), so a row's estimate is E[t] = 0.5 when
+    its t is uniform on [0, 1]. Before the fix row 0 of a batch of 2 always drew t < 0.5 (mean
+    0.25): biased on ordered data. 400 batches: standard error ≈ 0.01."""
+    from dlm_jax.eval.likelihood import nelbo_batch
+    from dlm_jax.processes.schedules import get_schedule
+
+    sched = get_schedule("linear")
+    tokens = jnp.zeros((2, 64), jnp.int32)
+
+    def lp(params, z, t):
+        return jnp.broadcast_to(-jnp.asarray(t)[:, None, None], z.shape + (4,))
+
+    fn = jax.jit(lambda k: nelbo_batch(lp, None, tokens, None, k, schedule=sched, mask_id=4,
+                                       times=jnp.zeros(1), weights=jnp.ones(1), antithetic_times=True,
+                                       t_min=0.0)[0])
+    rows = np.stack([np.asarray(fn(k)) for k in jax.random.split(jax.random.key(0), 400)]) / 64
+    assert abs(rows[:, 0].mean() - 0.5) < 0.05 and abs(rows[:, 1].mean() - 0.5) < 0.05, rows.mean(0)

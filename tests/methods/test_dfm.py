@@ -174,8 +174,10 @@ def test_bad_config_raises(key, value, match):
 
 
 def test_bad_model_and_sampling_inputs_raise():
-    with pytest.raises(ValueError, match="model.conditioning"):
-        dfm.build(_config(4, cond="th"), lambda *a, **k: None)
+    from dlm_jax.models import registry
+
+    with pytest.raises(ValueError, match="^model.conditioning: 'th'; expected 't'"):
+        registry.build(_config(4, cond="th"), dfm.model_spec(_config(4, cond="th")))
     with pytest.raises(ValueError, match="model.vocab_size"):
         dfm.build(_config(1), lambda *a, **k: None)
     method = dfm.build(_config(4), oracle_apply(MarkovChainLanguage.random(0, 4, 6), "mask"))

@@ -4,6 +4,8 @@ at the oracle, the anchor at its analytic minimum, identity init and the pretrai
 a few optimisation steps on a tiny DiT, and bad-input errors.
 Time direction: t = 0 source (mask / uniform noise), t = 1 data; mask id = V."""
 
+import types
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -236,8 +238,8 @@ def test_identity_init_student_equals_teacher_and_zeroes_the_pretrained_anchor()
         s_lp = dfm.logprobs_fn(make_apply(s_graph), V, h_conditioned=True)(student, x, t, jnp.full((4,), h))
         np.testing.assert_allclose(s_lp, teacher_lp, atol=1e-5)
     assert float(jnp.std(teacher_lp)) > 0.1  # not the trivial zero-init output
-    method = fsdfm.build(_config(V, n_ref=8, just_student=False), make_apply(s_graph),
-                         teacher_apply=make_apply(t_graph), teacher_params=t_params)
+    teacher = types.SimpleNamespace(apply=make_apply(t_graph), params=t_params)
+    method = fsdfm.build(_config(V, n_ref=8, just_student=False), make_apply(s_graph), inputs={"teacher": teacher})
     extra = method.init_extra(student)
     x1 = jax.random.randint(jax.random.key(2), (64, L), 0, V)
     _, m = jax.jit(method.loss)(student, {"tokens": x1}, jax.random.key(3), 0, {"ema_params": student, **extra})
@@ -291,12 +293,19 @@ def test_bad_config_raises(key, value, match):
 
 
 def test_bad_model_and_step_inputs_raise():
-    with pytest.raises(ValueError, match="model.conditioning: 't'"):
-        fsdfm.build(_config(4, cond="t"), lambda *a, **k: None)
-    with pytest.raises(ValueError, match="method.teacher_workdir"):
-        fsdfm.build(_config(4, just_student=False), lambda *a, **k: None)
-    with pytest.raises(ValueError, match="workdir"):
-        fsdfm.build(_config(4, just_student=False, teacher_workdir="/nonexistent"), lambda *a, **k: None)
+    from dlm_jax.models import registry
+    from dlm_jax.runs import resolve_inputs
+
+    cfg = _config(4, cond="t")
+    with pytest.raises(ValueError, match="^model.conditioning: 't'; expected 'th'"):
+        registry.build(cfg, fsdfm.model_spec(cfg))
+    with pytest.raises(ValueError, match="^method.teacher_workdir"):
+        fsdfm.checkpoint_inputs(_config(4, just_student=False))
+    with pytest.raises(ValueError, match="^workdir: '/nonexistent'"):
+        resolve_inputs(fsdfm.checkpoint_inputs(_config(4, just_student=False, teacher_workdir="/nonexistent")))
+    untrainable = fsdfm.build(_config(4, just_student=False), lambda *a, **k: None, inputs={})
+    with pytest.raises(ValueError, match="^method.teacher_workdir"):
+        untrainable.init_extra({})
     q = _product(4, 3)
     fn, _ = _recording(q, 4)
     x = jnp.full((2, 3), 4, jnp.int32)
@@ -315,32 +324,42 @@ def test_bad_model_and_step_inputs_raise():
 
 @pytest.mark.slow
 def test_student_init_from_a_trained_dfm_workdir(tmp_path):
-    """The two-stage recipe: ``teacher_tiny`` trained for 5 steps by the real trainer, then
-    the student method's ``init_params`` hook (what the trainer applies, traced) restores its
-    checkpoint (``load_workdir_params``: bit-equal to the trainer's final params) into an
-    identity-initialised student that computes the teacher's function."""
+    """The two-stage recipe: ``teacher_tiny`` trained for 5 steps by the real trainer; its params
+    read back by ``runs.load_params`` are bit-equal to the trainer's final params; the student
+    config's ``init_from`` (mapping ``dit_t_to_th``, what the trainer runs on a fresh start) gives
+    an identity-initialised student that computes the teacher's function; a uniform-source student
+    from this mask-source teacher is refused with one line."""
     import sys
 
+    from dlm_jax.methods.base import model_spec
+    from dlm_jax.models import registry
+    from dlm_jax.runs import init_from, load_params
+    from dlm_jax.runs.workdir import local_mesh
     from dlm_jax.train import loop
 
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[2] / "configs"))
     import fsdfm as presets
 
     t_cfg = presets.get_config("teacher_tiny")
-    t_cfg.train.steps, t_cfg.train.eval_every, t_cfg.checkpoint.every = 5, 0, 5
+    t_cfg.train.steps, t_cfg.evals.eval.every, t_cfg.checkpoint.every = 5, 0, 5
     out = loop.train(t_cfg, str(tmp_path / "teacher"))
-    graphdef, params, saved = fsdfm.load_workdir_params(str(tmp_path / "teacher"))
-    assert saved.method.name == "dfm" and saved.model.vocab_size == 8
-    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(jax.device_get(out["state"].params))):
+    teacher = load_params(str(tmp_path / "teacher"))
+    assert teacher.config.method.name == "dfm" and teacher.config.model.vocab_size == 8 and teacher.step == 5
+    for a, b in zip(jax.tree.leaves(teacher.params), jax.tree.leaves(jax.device_get(out["state"].params))):
         np.testing.assert_array_equal(a, b)
     s_cfg = presets.get_config("tiny")
-    s_cfg.method.init_from = str(tmp_path / "teacher")
+    s_cfg.init_from.workdir = str(tmp_path / "teacher")
     s_cfg.model.vocab_size = 8
-    s_graph, fresh = loop.dit_model(s_cfg)
-    s_params = jax.jit(fsdfm.build(s_cfg, make_apply(s_graph)).init_params)(fresh)
+    student = registry.build(s_cfg, model_spec(s_cfg))
+    init, inputs = init_from.initializer(s_cfg, student, local_mesh())
+    s_params = jax.jit(init)(inputs)
     x = jax.random.randint(jax.random.key(0), (3, 16), 0, 9)
     t = jnp.array([0.1, 0.5, 0.9])
-    ref = dfm.logprobs_fn(make_apply(graphdef), 8)(params, x, t)
-    got = dfm.logprobs_fn(make_apply(s_graph), 8, h_conditioned=True)(s_params, x, t, jnp.full((3,), 0.25))
+    ref = dfm.logprobs_fn(teacher.apply, 8)(teacher.params, x, t)
+    got = dfm.logprobs_fn(student.apply, 8, h_conditioned=True)(s_params, x, t, jnp.full((3,), 0.25))
     np.testing.assert_allclose(got, ref, atol=1e-5)
     assert float(jnp.std(ref)) > 1e-4  # trained away from the zero-init output
+    s_cfg.method.source = "uniform"
+    init, inputs = init_from.initializer(s_cfg, student, local_mesh())
+    with pytest.raises(ValueError, match="^method.source: 'uniform'; expected 'mask', the source of the init_from run"):
+        jax.jit(init)(inputs)

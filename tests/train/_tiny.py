@@ -1,5 +1,8 @@
 """Tiny stand-ins for the model / method / data seams, used by the train-layer tests.
 
+The model and the method are registered by name from here (``"tiny_mlp"``, ``"tiny"``), exactly as
+a user's own would be, so the real trainer builds them through its registries.
+
 * ``build_model(config)`` -> ``(graphdef, params)``:
   embedding ("vocab","embed") -> MLP
   ("embed","mlp") / ("mlp","embed") -> tied-free readout ("embed","vocab"); LayerNorm ("norm").
@@ -18,7 +21,9 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from dlm_jax.methods.base import Method
+from dlm_jax.methods.base import Method, register_method
+from dlm_jax.models.api import make_apply
+from dlm_jax.models.registry import ModelDef, ModelSpec, register_model
 
 VOCAB = 32
 
@@ -53,6 +58,25 @@ def build_model(config):
     return nnx.split(net, nnx.Param)
 
 
+def _make_init(fields):
+    def init(key):
+        with nnx.use_eager_sharding(False):
+            return nnx.split(TinyNet(VOCAB, fields.get("width", 16), fields.get("hidden", 32),
+                                     nnx.Rngs(key)), nnx.Param)[1]
+    box = []
+    jax.eval_shape(lambda: box.append(_split_graphdef(fields)))
+    return box[0], init
+
+
+def _split_graphdef(fields):
+    with nnx.use_eager_sharding(False):
+        return nnx.split(TinyNet(VOCAB, fields.get("width", 16), fields.get("hidden", 32), nnx.Rngs(0)), nnx.Param)[0]
+
+
+register_model("tiny_mlp", ModelDef(configure=lambda fields, spec: dict(fields), make_init=_make_init,
+                                    make_apply=make_apply))
+
+
 def build_method(config, apply_fn) -> Method:
     stochastic = config.method.get("stochastic", True)
 
@@ -75,16 +99,29 @@ def build_method(config, apply_fn) -> Method:
         del step, aux
         nll_tok, mask = nll(params, batch, rng)
         value = nll_tok.sum() / mask.sum()
-        return value, {"nll": value, "tokens": mask.sum()}
+        return value, {"nll": value, "num_tokens": mask.sum()}
 
     def evaluate(params, batch, rng):
         nll_tok, mask = nll(params, batch, rng)
-        return {"nll_sum": nll_tok.sum(), "tokens": mask.sum()}
+        return {"nll_sum": nll_tok.sum(), "num_tokens": mask.sum()}
 
     def sample(params, rng, **kw):
         raise NotImplementedError
 
     return Method(name="tiny", loss=loss, evaluate=evaluate, sample=sample)
+
+
+class TinyMethod:
+    """The method as the registry sees it: ``model_spec`` and ``build``."""
+
+    @staticmethod
+    def model_spec(config):
+        return ModelSpec(num_outputs=VOCAB, num_input_ids=VOCAB + 1)
+
+    build = staticmethod(build_method)
+
+
+register_method("tiny", TinyMethod)
 
 
 class TinyData:
@@ -122,16 +159,19 @@ def build_data(config, *, split: str, process_index: int, process_count: int):
 
 
 def tiny_config(**train_overrides) -> ml_collections.ConfigDict:
+    """``eval_every`` / ``eval_batches`` among the overrides set the ``evals.eval`` block."""
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.data = ml_collections.ConfigDict(dict(source="tiny", seq_len=8))
-    c.model = ml_collections.ConfigDict(dict(width=16, hidden=32, max_len=64))
+    c.model = ml_collections.ConfigDict(dict(name="tiny_mlp", width=16, hidden=32, max_len=64))
+    every, batches = train_overrides.pop("eval_every", 0), train_overrides.pop("eval_batches", 1)
+    c.evals = ml_collections.ConfigDict({"eval": dict(kind="sums", split="validation", batches=batches,
+                                                      every=every, ema=False)})
     c.method = ml_collections.ConfigDict(dict(name="tiny", stochastic=True))
     c.train = ml_collections.ConfigDict(dict(
         steps=6, batch_size=16, lr=1e-2, warmup_steps=2, schedule="cosine", final_lr_frac=0.1,
         weight_decay=0.01, b1=0.9, b2=0.99, eps=1e-8, grad_clip=1.0, ema_decay=0.9,
-        microbatches=1, compute_dtype="float32", log_every=1, eval_every=0, eval_batches=1,
-        step_impl="jit"))
+        microbatches=1, compute_dtype="float32", log_every=1, step_impl="jit"))
     c.train.update(train_overrides)
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, strategy="dp"))
     c.checkpoint = ml_collections.ConfigDict(dict(every=3, keep=3, async_save=True))

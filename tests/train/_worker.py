@@ -31,8 +31,10 @@ import _tiny  # noqa: E402
 
 
 def config():
-    c = _tiny.tiny_config()
-    for section in ("train", "mesh", "checkpoint", "method"):
+    train = dict(SPEC.get("train", {}))
+    c = _tiny.tiny_config(**{k: train.pop(k) for k in ("eval_every", "eval_batches") if k in train})
+    c.train.update(train)
+    for section in ("mesh", "checkpoint", "method"):
         c[section].update(SPEC.get(section, {}))
     d = SPEC.get("distributed")
     if d:
@@ -56,14 +58,15 @@ def slow_data(cfg, *, split, process_index, process_count):
 def train():
     from dlm_jax.train import loop
 
-    out = loop.train(config(), SPEC["workdir"], model_fn=_tiny.build_model,
-                     method_fn=_tiny.build_method, data_fn=slow_data)
+    out = loop.train(config(), SPEC["workdir"], data_fn=slow_data)
     return {"step": out["step"], "preempted": out["preempted"], "process": jax.process_index()}
 
 
 def restore():
     from dlm_jax.models import make_apply
-    from dlm_jax.train import checkpoint, mesh as mesh_lib, optim, state as state_lib
+    from dlm_jax import mesh as mesh_lib
+    from dlm_jax.runs import checkpoint
+    from dlm_jax.train import optim, state as state_lib
 
     c = config()
     mesh = mesh_lib.make_mesh(c.mesh)
@@ -82,7 +85,7 @@ def restore():
 
 def crash_save():
     """Save step 1, start an async save of step 2 and die while it is being written."""
-    from dlm_jax.train import checkpoint
+    from dlm_jax.runs import checkpoint
 
     ck = checkpoint.Checkpointer(SPEC["workdir"], every=1, keep=5)
     state = {"step": np.int32(1), "w": jax.numpy.ones((1024, 1024, 16))}

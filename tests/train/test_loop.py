@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 
 import _tiny
-from dlm_jax.train import checkpoint as ckpt_lib
+from dlm_jax.runs import checkpoint as ckpt_lib
 from dlm_jax.train import loop
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-COMPONENTS = dict(model_fn=_tiny.build_model, method_fn=_tiny.build_method, data_fn=_tiny.build_data)
+COMPONENTS = dict(data_fn=_tiny.build_data)
 
 
 def _losses(workdir):
@@ -67,7 +67,7 @@ def test_straight_run_logs_and_checkpoints(straight):
     rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
     evals = [r for r in rows if "eval/nll" in r]
     assert [r["step"] for r in evals] == [3, 6]
-    assert evals[0]["eval/nll"] == pytest.approx(evals[0]["eval/nll_sum"] / evals[0]["eval/tokens"])
+    assert evals[0]["eval/nll"] == pytest.approx(evals[0]["eval/nll_sum"] / evals[0]["eval/num_tokens"])
     assert all(r["tokens_per_s"] > 0 for r in rows if "loss" in r)
     assert glob.glob(os.path.join(workdir, "tb", "events.out.tfevents.*"))
     assert ckpt_lib.Checkpointer(workdir, every=3).all_steps() == [3, 6]
@@ -128,7 +128,8 @@ def test_sigterm_in_subprocess_leaves_checkpoint_and_resume_is_exact(straight, t
 
 def _target(cfg):
     from dlm_jax.models import make_apply
-    from dlm_jax.train import mesh as mesh_lib, optim, state as state_lib
+    from dlm_jax import mesh as mesh_lib
+    from dlm_jax.train import optim, state as state_lib
 
     mesh = mesh_lib.make_mesh(cfg.mesh)
     graphdef, init_params = state_lib.trace_model(lambda: _tiny.build_model(cfg))

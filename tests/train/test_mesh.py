@@ -5,7 +5,7 @@ import pytest
 from jax.sharding import AxisType, PartitionSpec as P
 
 import _tiny
-from dlm_jax.train import mesh as mesh_lib
+from dlm_jax import mesh as mesh_lib
 from dlm_jax.train import state as state_lib
 
 

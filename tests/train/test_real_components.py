@@ -27,8 +27,8 @@ def _config():
     c.method = ml_collections.ConfigDict(dict(name="mdlm", time_conditioning=True))
     c.train = ml_collections.ConfigDict(dict(
         steps=4, batch_size=8, lr=3e-3, warmup_steps=1, schedule="cosine", weight_decay=0.0,
-        b1=0.9, b2=0.999, grad_clip=1.0, ema_decay=0.9, microbatches=1, log_every=1,
-        eval_every=4, eval_batches=1))
+        b1=0.9, b2=0.999, grad_clip=1.0, ema_decay=0.9, microbatches=1, log_every=1))
+    c.evals = ml_collections.ConfigDict({"eval": dict(kind="sums", batches=1, every=4)})
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, strategy="dp"))
     c.checkpoint = ml_collections.ConfigDict(dict(every=2, keep=2))
     return c

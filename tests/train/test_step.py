@@ -6,7 +6,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 import _tiny
-from dlm_jax.train import mesh as mesh_lib
+from dlm_jax import mesh as mesh_lib
 from dlm_jax.train import optim
 from dlm_jax.train import state as state_lib
 from dlm_jax.train import step as step_lib

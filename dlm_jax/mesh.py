@@ -178,19 +178,6 @@ def shardings_like(tree, params, param_shards, mesh: Mesh):
     return jax.tree_util.tree_map_with_path(one, tree)
 
 
-def to_concrete(abstract_tree, mesh: Mesh):
-    """Map AbstractMesh shardings (``nnx.eval_shape`` under a mesh) onto the concrete ``mesh``.
-
-    Orbax refuses AbstractMesh shardings as restore targets; this keeps each PartitionSpec.
-    """
-    def one(x):
-        sh = getattr(x, "sharding", None)
-        spec = sh.spec if isinstance(sh, NamedSharding) else P()
-        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(mesh, spec))
-
-    return jax.tree.map(one, abstract_tree)
-
-
 # ----------------------------------------------------------------------------------------------
 # Multi-process start-up.
 # ----------------------------------------------------------------------------------------------
