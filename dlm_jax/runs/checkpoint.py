@@ -136,6 +136,15 @@ def run_metadata(config, step: int) -> dict:
 # ----------------------------------------------------------------------------------------------
 # The manager.
 # ----------------------------------------------------------------------------------------------
+def _shapes(tree) -> dict[str, tuple]:
+    """``{"a/b/value": shape}`` for every array leaf (checkpoint metadata or abstract arrays)."""
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        name = "/".join(str(getattr(k, "name", getattr(k, "key", getattr(k, "idx", k)))) for k in path)
+        out[name] = tuple(getattr(leaf, "shape", ()))
+    return out
+
+
 class Checkpointer:
     """Keep-last-K, every-N-steps, async checkpoints of (state, data iterator, metadata)."""
 
@@ -206,13 +215,44 @@ class Checkpointer:
             data_iter.set_state(out["data"])
         return state, out["meta"]
 
+    def params_mismatch(self, step: int, target) -> str | None:
+        """One line naming the first parameter whose name or shape differs between checkpoint
+        ``step`` and ``target.params``; None when they agree or the metadata cannot be read (a
+        damaged checkpoint, for ``restore`` to find)."""
+        try:
+            saved = ocp.StandardCheckpointer().metadata(os.path.join(self.step_dir(step), "state")).item_metadata.tree
+            saved = saved["params"]
+        except Exception:  # noqa: BLE001 - unreadable metadata: damaged, not mismatched
+            return None
+        have, want = _shapes(saved), _shapes(target.params if hasattr(target, "params") else target["params"])
+        where = f"checkpoint {self.step_dir(step)}"
+        fix = ("the config this run was trained with; start a fresh --workdir, or fine-tune from this run "
+               "with init_from (nothing was deleted)")
+        for name, shape in want.items():
+            if name not in have:
+                return f"{where}: parameter {name} {shape} is not in the checkpoint; expected {fix}"
+            if have[name] != shape:
+                return (f"{where}: parameter {name} has shape {have[name]} in the checkpoint and {shape} in this "
+                        f"config; expected {fix}")
+        extra = [n for n in have if n not in want]
+        if extra:
+            return f"{where}: parameter {extra[0]} {have[extra[0]]} is not in this config's model; expected {fix}"
+        return None
+
     def restore_latest(self, target, data_iter=None):
         """Restore the newest checkpoint that restores cleanly; ``None`` if there is none.
 
-        A damaged checkpoint is skipped with a warning naming its directory.
+        A damaged checkpoint is skipped with a warning naming its directory. A checkpoint whose
+        parameters do not match ``target`` (a changed model config) stops the run with one line,
+        and so does a directory where no checkpoint can be read: a run never starts afresh over
+        checkpoints it could not read (keep-last-K would delete them).
         """
         self.manager.reload()
-        for step in sorted(self.manager.all_steps(), reverse=True):
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        for step in steps:
+            mismatch = self.params_mismatch(step, target)
+            if mismatch:
+                raise ValueError(mismatch)
             try:
                 state, meta = self.restore(step, target, data_iter)
             except Exception as e:  # noqa: BLE001 - any failure means "damaged": try older
@@ -221,6 +261,10 @@ class Checkpointer:
                               "falling back to the previous checkpoint", RuntimeWarning)
                 continue
             return state, meta
+        if steps:
+            raise ValueError(f"checkpoints: {self.directory}; none of the steps {sorted(steps)} could be restored "
+                             "(see the warnings); expected a readable checkpoint — move the folder away to start "
+                             "afresh (nothing was deleted)")
         return None
 
     def wait(self):

@@ -12,7 +12,9 @@ Reads (``ml_collections.ConfigDict``; optional keys in brackets with their defau
 * ``train``: ``steps``, ``batch_size`` (global), ``lr``, ``warmup_steps``, ``schedule``,
   [``final_lr_frac`` 0.1], ``weight_decay``, ``b1``, ``b2``, [``eps`` 1e-8], ``grad_clip``,
   ``ema_decay``, ``microbatches``, [``compute_dtype`` None], [``step_impl`` "jit" | "shard_map"],
-  ``log_every``.
+  ``log_every``, [``max_nonfinite_steps`` 10]: a step with a non-finite loss, gradient or update
+  is skipped (state unchanged, ``skipped`` = 1 in the metrics); this many in a row halt the run
+  with a one-line error, the last good checkpoint untouched (0 = never halt).
 * [``evals``]: evaluators (``eval.evaluators``), each run every ``every`` steps and at the end.
 * ``mesh``: ``data``, ``fsdp``, ``tensor`` (one may be -1), ``strategy``, [``distributed`` "off"
   | "auto" | "explicit" (+ ``coordinator_address``, ``num_processes``, ``process_id``)].
@@ -69,6 +71,7 @@ def validate_config(config, num_devices: int, process_count: int = 1, *,
     optim.validate(t)
     step_lib.resolve_dtype(t.get("compute_dtype", None))
     impl = checks.resolve(t, "step_impl", "jit", prefix="train", check=checks.check_choice, allowed=STEP_IMPLS)
+    checks.resolve(t, "max_nonfinite_steps", 10, prefix="train", check=checks.check_int, min=0)
     sizes = mesh_lib.mesh_shape(config.mesh, num_devices)
     dp = sizes[0] * sizes[1]
     if impl == "shard_map" and config.mesh.get("strategy", "dp") != "dp":
@@ -136,20 +139,31 @@ def _prepare_vocab(config, workdir: str) -> None:
 # Metrics output.
 # ----------------------------------------------------------------------------------------------
 class MetricWriter:
-    """JSONL + TensorBoard (tensorboardX) on process 0; a no-op elsewhere."""
+    """JSONL + TensorBoard (tensorboardX) on process 0; a no-op elsewhere.
 
-    def __init__(self, workdir: str):
+    Opened at the step training resumes from, it drops every record beyond that step (they were
+    written by a run that crashed or was cut after its last checkpoint), so each step appears once;
+    non-finite values are written as ``null`` (valid JSON)."""
+
+    def __init__(self, workdir: str, start_step: int = 0):
         self.active = jax.process_index() == 0
         if self.active:
             from tensorboardX import SummaryWriter
 
-            self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-            self.tb = SummaryWriter(os.path.join(workdir, "tb"))
+            path = os.path.join(workdir, "metrics.jsonl")
+            if os.path.exists(path):
+                kept = [line for line in open(path) if _record_step(line) <= start_step]
+                with open(path + ".tmp", "w") as f:
+                    f.writelines(kept)
+                os.replace(path + ".tmp", path)
+            self.jsonl = open(path, "a")
+            self.tb = SummaryWriter(os.path.join(workdir, "tb"), purge_step=start_step + 1)
 
     def write(self, step: int, metrics: dict[str, float]):
         if not self.active:
             return
-        self.jsonl.write(json.dumps({"step": int(step), **metrics}) + "\n")
+        clean = {k: (v if np.isfinite(v) else None) for k, v in metrics.items()}
+        self.jsonl.write(json.dumps({"step": int(step), **clean}) + "\n")
         self.jsonl.flush()
         for k, v in metrics.items():
             self.tb.add_scalar(k, v, int(step))
@@ -158,6 +172,41 @@ class MetricWriter:
         if self.active:
             self.jsonl.close()
             self.tb.close()
+
+
+def _record_step(line: str) -> float:
+    try:
+        return float(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return float("inf")  # a torn last line: drop it
+
+
+class NonFiniteGuard:
+    """Counts consecutive skipped (non-finite) steps without a per-step host sync: the flags are
+    read in one batch at log / checkpoint steps; ``check`` raises after ``limit`` in a row."""
+
+    def __init__(self, limit: int):
+        self.limit, self.pending, self.streak, self.total, self.first = limit, [], 0, 0, None
+
+    def add(self, step: int, skipped) -> None:
+        self.pending.append((step, skipped))
+
+    def check(self) -> None:
+        if not self.pending:
+            return
+        flags = jax.device_get([s for _, s in self.pending])
+        for (step, _), flag in zip(self.pending, flags):
+            if float(np.asarray(flag)) > 0:
+                self.total += 1
+                self.first = step if self.streak == 0 else self.first
+                self.streak += 1
+            else:
+                self.streak = 0
+        self.pending = []
+        if self.limit and self.streak >= self.limit:
+            raise ValueError(f"train.max_nonfinite_steps: {self.limit}; exceeded: steps {self.first}.."
+                             f"{self.first + self.streak - 1} all had a non-finite loss or gradient and were skipped "
+                             "(lower train.lr or check the data); no state was changed or saved")
 
 
 def _floats(tree) -> dict[str, float]:
@@ -239,7 +288,8 @@ def train(config, workdir: str, *, data_fn: Callable | None = None) -> dict[str,
                     evals, ctx, lambda b: state.ema_params if b["ema"] else state.params, names=due))
             return bool(due)
 
-        writer = MetricWriter(workdir)
+        writer = MetricWriter(workdir, start)
+        guard_nf = NonFiniteGuard(int(t.get("max_nonfinite_steps", 10)))
         preempted = False
         tokens_per_step = t.batch_size * config.data.seq_len
         log_every = max(int(t.get("log_every", 1)), 1)
@@ -251,8 +301,17 @@ def train(config, workdir: str, *, data_fn: Callable | None = None) -> dict[str,
             for step in range(start + 1, total + 1):
                 batch = step_lib.global_batch(next(train_iter), mesh)
                 state, metrics = train_step(state, batch)
+                guard_nf.add(step, metrics["skipped"])
                 steps_since += 1
                 bar.update(1)
+                if step % log_every == 0 or step == total or checkpointer.due(step):
+                    try:
+                        guard_nf.check()
+                    except ValueError:
+                        checkpointer.close()
+                        bar.close()
+                        writer.close()
+                        raise
                 if step % log_every == 0 or step == total:
                     m = _floats(metrics)
                     dt = time.perf_counter() - t_log

@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from dlm_jax import checks
+
 SCHEDULES = ("cosine", "constant")
 
 
@@ -23,20 +25,20 @@ def _get(cfg, key, default=None):
 
 
 def validate(cfg) -> None:
-    """One-line ValueErrors for bad optimizer settings (run before anything compiles)."""
-    sched = _get(cfg, "schedule", "cosine")
-    if sched not in SCHEDULES:
-        raise ValueError(f"train.schedule: {sched!r}; expected one of {SCHEDULES}")
-    if not float(_get(cfg, "lr", 0.0)) > 0:
-        raise ValueError(f"train.lr: {_get(cfg, 'lr')!r}; expected a positive float")
-    if int(_get(cfg, "warmup_steps", 0)) < 0:
-        raise ValueError(f"train.warmup_steps: {_get(cfg, 'warmup_steps')}; expected >= 0")
-    frac = float(_get(cfg, "final_lr_frac", 0.1))
-    if not 0.0 <= frac <= 1.0:
-        raise ValueError(f"train.final_lr_frac: {frac}; expected a value in [0, 1]")
-    decay = float(_get(cfg, "ema_decay", 0.0))
-    if not 0.0 <= decay < 1.0:
-        raise ValueError(f"train.ema_decay: {decay}; expected a value in [0, 1)")
+    """One-line ValueErrors for bad optimizer settings (run before anything compiles). Every value
+    must be finite: ``lr=inf`` would train on NaNs."""
+    checks.check_choice("train.schedule", _get(cfg, "schedule", "cosine"), SCHEDULES)
+    checks.check_float("train.lr", _get(cfg, "lr", None), min=0.0, min_open=True)
+    checks.check_int("train.warmup_steps", _get(cfg, "warmup_steps", 0), min=0)
+    checks.check_float("train.final_lr_frac", _get(cfg, "final_lr_frac", 0.1), min=0.0, max=1.0)
+    checks.check_float("train.ema_decay", _get(cfg, "ema_decay", 0.0), min=0.0, max=1.0, max_open=True)
+    for key, default in (("b1", 0.9), ("b2", 0.999)):
+        checks.check_float(f"train.{key}", _get(cfg, key, default), min=0.0, max=1.0, max_open=True)
+    checks.check_float("train.eps", _get(cfg, "eps", 1e-8), min=0.0)
+    checks.check_float("train.weight_decay", _get(cfg, "weight_decay", 0.0), min=0.0)
+    clip = _get(cfg, "grad_clip", None)
+    if clip is not None:
+        checks.check_float("train.grad_clip", clip, min=0.0)
 
 
 def make_schedule(cfg, total_steps: int | None = None) -> optax.Schedule:

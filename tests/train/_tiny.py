@@ -95,10 +95,13 @@ def build_method(config, apply_fn) -> Method:
         mask = batch.get("loss_mask", jnp.ones_like(tok_nll))
         return tok_nll * mask, mask
 
+    nan_steps = jnp.asarray(tuple(config.method.get("nan_steps", ())) or (-1,), jnp.int32)
+
     def loss(params, batch, rng, step, aux):
-        del step, aux
+        del aux
         nll_tok, mask = nll(params, batch, rng)
         value = nll_tok.sum() / mask.sum()
+        value = jnp.where(jnp.isin(step, nan_steps), jnp.nan, value)  # fault injection (state.step)
         return value, {"nll": value, "num_tokens": mask.sum()}
 
     def evaluate(params, batch, rng):

@@ -55,8 +55,11 @@ def test_ema_update():
 
 @pytest.mark.parametrize("key, value, match", [
     ("schedule", "linear", r"^train.schedule: 'linear'; expected one of \('cosine', 'constant'\)$"),
-    ("lr", 0.0, r"^train.lr: 0.0; expected a positive float$"),
-    ("ema_decay", 1.0, r"^train.ema_decay: 1.0; expected a value in \[0, 1\)$"),
+    ("lr", 0.0, r"^train.lr: 0.0; expected a finite number in \(0.0, inf\)$"),
+    ("lr", float("inf"), r"^train.lr: inf; expected a finite number in \(0.0, inf\)$"),
+    ("lr", float("nan"), r"^train.lr: nan; expected a finite number"),
+    ("ema_decay", 1.0, r"^train.ema_decay: 1.0; expected a finite number in \[0.0, 1.0\)$"),
+    ("b2", 1.5, r"^train.b2: 1.5; expected a finite number in \[0.0, 1.0\)$"),
 ])
 def test_bad_values(key, value, match):
     with pytest.raises(ValueError, match=match):
