@@ -2,14 +2,19 @@
 
 ``get_sampler(name)`` returns a sampler ``(denoise_fn, key, **kwargs) -> (tokens, info)``; the
 registry maps names to ``"module:function"`` strings imported lazily, so a family's module (and
-its dependencies) loads only when asked for. Every sampler validates its arguments (steps >= 1,
-length >= 1, top_p in (0, 1], strategy, ...) before anything is traced or compiled.
+its dependencies) loads only when asked for. Every public ``sample_*`` sampler is registered
+(tests/samplers/test_registry.py). Every sampler takes the same conditioning, ``fixed`` /
+``fixed_tokens`` (``driver.check_fixed``), and validates its arguments (steps >= 1, length >= 1,
+top_p in (0, 1], strategy, ...) and its denoiser's output width (``driver.check_denoise_fn``)
+before anything is traced or compiled.
 """
 
 from __future__ import annotations
 
 import importlib
 from typing import Callable
+
+from dlm_jax.checks import fail
 
 SAMPLERS: dict[str, str] = {
     "mdlm": "dlm_jax.samplers.masked:sample_mdlm",
@@ -18,6 +23,8 @@ SAMPLERS: dict[str, str] = {
     "remdm_rescale": "dlm_jax.samplers.remdm:sample_remdm_rescale",
     "remdm_conf": "dlm_jax.samplers.remdm:sample_remdm_conf",
     "remdm_loop": "dlm_jax.samplers.remdm:sample_remdm_loop",
+    "remdm": "dlm_jax.samplers.remdm:sample_remdm",
+    "llada": "dlm_jax.samplers.llada:sample_llada",
     "fef": "dlm_jax.samplers.speculative:sample_fef",
     "fsdfm": "dlm_jax.samplers.jump:sample_fsdfm",
     "dfm_euler": "dlm_jax.samplers.jump:sample_dfm_euler",
@@ -29,6 +36,6 @@ __all__ = ["SAMPLERS", "get_sampler"]
 def get_sampler(name: str) -> Callable:
     """The sampler registered as ``name`` (lazy import of its module)."""
     if name not in SAMPLERS:
-        raise ValueError(f"sampler: {name!r}; expected one of {tuple(SAMPLERS)}")
+        fail("sampler", name, f"one of {tuple(SAMPLERS)}")
     module, function = SAMPLERS[name].split(":")
     return getattr(importlib.import_module(module), function)

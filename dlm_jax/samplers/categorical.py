@@ -22,17 +22,19 @@ import math
 import jax
 import jax.numpy as jnp
 
+from dlm_jax.checks import check_choice, check_float, fail
+
 Array = jax.Array
 METHODS = ("auto", "gumbel64", "two_stage", "gumbel32")
 
 
 def _check_method(method: str) -> str:
-    if method not in METHODS:
-        raise ValueError(f"method: {method!r}; expected one of {METHODS}")
+    """Validate a categorical method and resolve ``"auto"``."""
+    check_choice("method", method, METHODS)
     if method == "auto":
         return "gumbel64" if jax.config.jax_enable_x64 else "two_stage"
     if method == "gumbel64" and not jax.config.jax_enable_x64:
-        raise ValueError("method: 'gumbel64' needs jax_enable_x64=True; use 'two_stage' on TPU or without x64")
+        fail("method", method, "'two_stage' or 'auto' without jax_enable_x64 (gumbel64 needs x64; TPU: two_stage)")
     return method
 
 
@@ -118,8 +120,7 @@ def top_p_filter(logits: Array, top_p: float) -> Array:
     tokens at least as probable as i is ``<= top_p``, so the nucleus is ``{p ≥ τ}`` for the
     threshold τ found by bisection (``_nucleus_threshold``). Tokens tied at the cut are kept or
     dropped together."""
-    if not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p: {top_p}; expected a value in (0, 1]")
+    top_p = check_float("top_p", top_p, min=0.0, max=1.0, min_open=True)
     logp = jax.nn.log_softmax(logits, axis=-1)
     if top_p == 1.0:
         return logp

@@ -9,6 +9,16 @@ whole sampler traces to one compiled loop under ``jax.jit``.
 
 The grid's time direction belongs to the sampler: masked samplers run ``t: 1 (all masked) -> 0
 (clean)``; flow samplers run ``t: 0 (source) -> 1 (data)``. The driver only slices it.
+
+The driver also owns what every sampler validates the same way, before anything is traced:
+
+* conditioning — ONE API for every sampler: ``fixed`` (bool ``[L]`` or ``[B, L]``) marks clamped
+  positions and ``fixed_tokens`` (int ``[L]`` or ``[B, L]``) their clean ids (a prompt/prefix, or
+  random gold positions). ``check_fixed`` validates them, ``apply_fixed`` pins them in the initial
+  state, ``static_fixed`` hands samplers with a static plan (LLaDA blocks, FeF) the concrete mask;
+* the denoiser's output width — ``check_denoise_fn`` evaluates its shape on the initial state, so a
+  model with the wrong number of classes fails with one line instead of sampling all-zero or
+  all-max ids.
 """
 
 from __future__ import annotations
@@ -19,17 +29,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dlm_jax.checks import check_float, check_int
+
 Array = jax.Array
 StepFn = Callable[[Any, Mapping[str, Array]], tuple[Any, Array]]
 
-__all__ = ["run_scan", "masked_time_grid", "check_steps"]
+__all__ = ["run_scan", "masked_time_grid", "check_steps", "check_fixed", "apply_fixed", "static_fixed",
+           "check_denoise_fn"]
 
 
 def check_steps(steps) -> int:
     """Validate a step count (a positive Python int) before anything is traced."""
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise ValueError(f"steps: {steps!r}; expected an int >= 1")
-    return int(steps)
+    return check_int("steps", steps, min=1)
 
 
 def masked_time_grid(steps: int, eps: float = 1e-5, dtype=None) -> Array:
@@ -39,8 +50,7 @@ def masked_time_grid(steps: int, eps: float = 1e-5, dtype=None) -> Array:
     ``eps``. ``dtype`` defaults to the default float (float64 under x64, else float32).
     """
     steps = check_steps(steps)
-    if not 0.0 <= eps < 1.0:
-        raise ValueError(f"eps: {eps!r}; expected a value in [0, 1)")
+    check_float("eps", eps, min=0.0, max=1.0, max_open=True)
     dtype = jnp.result_type(float) if dtype is None else dtype
     k = jnp.arange(steps + 1, dtype=dtype)
     return 1.0 - k * ((1.0 - eps) / steps)
@@ -80,8 +90,10 @@ def run_scan(step_fn: StepFn, carry: Any, grid: Array, per_step: Mapping[str, Ar
 
 
 def check_fixed(fixed, fixed_tokens, num_samples: int, length: int, vocab_size: int) -> None:
-    """Validate a conditioning mask ``fixed`` (bool ``[L]`` or ``[B, L]``) and the tokens it pins,
-    before anything compiles; both or neither must be given."""
+    """Validate the conditioning of any sampler before anything compiles: ``fixed`` (bool ``[L]``
+    or ``[B, L]``) and the clean ids it pins, ``fixed_tokens`` (int ``[L]`` or ``[B, L]``); both or
+    neither. Ids are range-checked where both arrays are concrete (under ``jit`` they may be traced:
+    then the caller guarantees ``0 <= id < V`` at fixed positions)."""
     if (fixed is None) != (fixed_tokens is None):
         raise ValueError(f"fixed_tokens: {'missing' if fixed_tokens is None else 'given'}; expected both "
                          "fixed and fixed_tokens, or neither")
@@ -93,11 +105,13 @@ def check_fixed(fixed, fixed_tokens, num_samples: int, length: int, vocab_size: 
             raise ValueError(f"{name}: shape {arr.shape}; expected ({length},) or ({num_samples}, {length})")
     if fixed.dtype != jnp.bool_:
         raise ValueError(f"fixed: dtype {fixed.dtype}; expected bool")
+    if not jnp.issubdtype(fixed_tokens.dtype, jnp.integer):
+        raise ValueError(f"fixed_tokens: dtype {fixed_tokens.dtype}; expected integer token ids")
     if not isinstance(fixed, jax.core.Tracer) and not isinstance(fixed_tokens, jax.core.Tracer):
         tok, fx = np.broadcast_arrays(np.asarray(fixed_tokens), np.asarray(fixed))
         if tok[fx].size and not ((tok[fx] >= 0) & (tok[fx] < vocab_size)).all():
-            raise ValueError(f"fixed_tokens: values {np.unique(tok[fx])[:4].tolist()}; "
-                             f"expected ids in [0, {vocab_size})")
+            bad = np.unique(tok[fx][(tok[fx] < 0) | (tok[fx] >= vocab_size)])
+            raise ValueError(f"fixed_tokens: values {bad[:4].tolist()}; expected ids in [0, {vocab_size})")
 
 
 def apply_fixed(x0, fixed, fixed_tokens):
@@ -108,3 +122,33 @@ def apply_fixed(x0, fixed, fixed_tokens):
         return x0, jnp.zeros(shape, bool)
     fixed = jnp.broadcast_to(jnp.asarray(fixed), shape)
     return jnp.where(fixed, jnp.broadcast_to(jnp.asarray(fixed_tokens), shape).astype(jnp.int32), x0), fixed
+
+
+def static_fixed(fixed, num_samples: int, length: int) -> np.ndarray:
+    """``fixed`` as a concrete numpy bool ``[B, L]`` (all False when None), for samplers whose
+    static plan (block layout, committed counts) depends on it. Call ``check_fixed`` first; a
+    traced ``fixed`` raises (``fixed_tokens`` may stay traced)."""
+    if fixed is None:
+        return np.zeros((num_samples, length), bool)
+    if isinstance(fixed, jax.core.Tracer):
+        raise ValueError("fixed: a traced array; expected a concrete mask (this sampler plans its blocks "
+                         "from it before tracing; fixed_tokens may be traced)")
+    return np.broadcast_to(np.asarray(fixed), (num_samples, length)).copy()
+
+
+def check_denoise_fn(denoise_fn, args, vocab_size: int) -> None:
+    """``jax.eval_shape`` ``denoise_fn(*args)`` (``args[0]``: the initial state ``[B, L]``) and
+    raise one line unless it returns ``[B, L, vocab_size]``: a wrong width (e.g. a V+1-class model
+    head) would otherwise sample all-zero or all-max ids silently. Nothing is compiled."""
+    specs = tuple(jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)) for a in args)
+    out = jax.eval_shape(denoise_fn, *specs)
+    shape = getattr(out, "shape", None)
+    if shape is None or len(shape) == 0:
+        raise ValueError(f"denoise_fn: output {type(out).__name__}; expected an array [B, L, V] with "
+                         f"V = vocab_size {vocab_size}")
+    if shape[-1] != vocab_size:
+        raise ValueError(f"denoise_fn: output width {shape[-1]}; expected vocab_size {vocab_size} (log-probs "
+                         "[B, L, V] over the clean tokens, without a mask class)")
+    want = tuple(specs[0].shape) + (vocab_size,)
+    if tuple(shape) != want:
+        raise ValueError(f"denoise_fn: output shape {tuple(shape)}; expected {want} = [B, L, V]")

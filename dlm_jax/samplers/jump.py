@@ -10,46 +10,43 @@ with ``h = 1/N`` and exactly one ``denoise_fn`` call per step (``info["nfe"] = N
 ``jax.jit`` with ``denoise_fn`` closed over, e.g. ``jax.jit(lambda k: sample_fsdfm(fn, k, ...))``.
 All arguments are checked before anything is traced.
 
-Conditional generation: ``fixed`` (``[L]`` or ``[B, L]`` bool) marks positions held at
-``fixed_tokens`` for the whole run (a gold prefix, or random gold positions); only the others move.
+Conditional generation (the one API of every sampler, ``driver.check_fixed``): ``fixed`` (``[L]``
+or ``[B, L]`` bool) marks positions held at ``fixed_tokens`` for the whole run (a gold prefix, or
+random gold positions); only the others move. The denoiser's output width is checked before tracing.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from dlm_jax.checks import check_float, check_int
 from dlm_jax.processes import flow
 from dlm_jax.samplers.categorical import _check_method, sample_categorical, top_p_filter
-from dlm_jax.samplers.driver import apply_fixed, check_fixed, check_steps, run_scan
+from dlm_jax.samplers.driver import apply_fixed, check_denoise_fn, check_fixed, check_steps, run_scan
 
 Array = jax.Array
 
 __all__ = ["sample_fsdfm", "sample_dfm_euler"]
 
 
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name}: {value!r}; expected an int >= {minimum}")
-    return int(value)
-
-
-def _prepare(key, num_samples, length, steps, vocab_size, source, schedule, fixed, fixed_tokens,
+def _prepare(denoise_fn, key, num_samples, length, steps, vocab_size, source, schedule, fixed, fixed_tokens,
              categorical_method, top_p):
-    """Validate everything, then build the initial state ``x_0`` and the fixed mask ``[B, L]``."""
-    b = _check_int("num_samples", num_samples, 1)
-    n_len = _check_int("length", length, 1)
+    """Validate everything (the denoiser's output width included), then build the initial state
+    ``x_0`` and the fixed mask ``[B, L]``."""
+    b = check_int("num_samples", num_samples, min=1)
+    n_len = check_int("length", length, min=1)
     check_steps(steps)
-    v = _check_int("vocab_size", vocab_size, 2)
+    v = check_int("vocab_size", vocab_size, min=2)
     flow.check_source(source)
     schedule = flow.get_schedule(schedule)
     _check_method(categorical_method)
-    if not (isinstance(top_p, (int, float)) and 0.0 < top_p <= 1.0):
-        raise ValueError(f"top_p: {top_p!r}; expected a value in (0, 1]")
+    check_float("top_p", top_p, min=0.0, max=1.0, min_open=True)
     check_fixed(fixed, fixed_tokens, b, n_len, v)
     key_src, key_run = jax.random.split(key)
     x0, fixed = apply_fixed(flow.sample_source(key_src, (b, n_len), source, v), fixed, fixed_tokens)
+    t, h = _grid(steps, b)
+    check_denoise_fn(denoise_fn, (x0, jnp.zeros((b,), t.dtype), h), v)
     return schedule, x0, fixed, key_run
 
 
@@ -115,7 +112,7 @@ def sample_fsdfm(denoise_fn, key: Array, *, num_samples: int, length: int, steps
 
     Returns ``(tokens [B, L] int32, info)`` with ``info["nfe"] = N`` (int32) and, for the mask
     source, ``info["unmasked_fraction"] [N]``."""
-    schedule, x0, fixed, key = _prepare(key, num_samples, length, steps, vocab_size, source, schedule,
+    schedule, x0, fixed, key = _prepare(denoise_fn, key, num_samples, length, steps, vocab_size, source, schedule,
                                         fixed, fixed_tokens, categorical_method, top_p)
     _, h = _grid(steps, num_samples)
 
@@ -153,7 +150,7 @@ def sample_dfm_euler(denoise_fn, key: Array, *, num_samples: int, length: int, s
     ``lambda x, t, h: teacher(x, t)`` (the seam is the same for every flow sampler).
 
     Returns ``(tokens [B, L] int32, info)`` as ``sample_fsdfm``."""
-    schedule, x0, fixed, key = _prepare(key, num_samples, length, steps, vocab_size, source, schedule,
+    schedule, x0, fixed, key = _prepare(denoise_fn, key, num_samples, length, steps, vocab_size, source, schedule,
                                         fixed, fixed_tokens, categorical_method, top_p)
     _, h = _grid(steps, num_samples)
 

@@ -2,15 +2,18 @@
 
 Shared by the standard sampler below and by FeF-DLLM (``speculative.py``):
 
-* the generated region is split into blocks of ``block_length``; each block gets
-  ``steps / num_blocks`` steps and step ``i`` of a block commits ``K = ceil(n_rem / s_rem)``
-  positions (``n_rem`` still undecided in the block, ``s_rem`` steps left in it), which is exactly
-  LLaDA's ``get_num_transfer_tokens`` even split with the remainder front-loaded;
+* the generated region — the positions after the prefix fixed in every sample (LLaDA's prompt,
+  given as ``fixed``/``fixed_tokens`` like every sampler's conditioning) — is split into blocks of
+  ``block_length``; each block gets ``steps / num_blocks`` steps and step ``i`` of a block commits
+  ``K = ceil(n_rem / s_rem)`` positions (``n_rem`` still undecided in the block, ``s_rem`` steps
+  left in it), which is exactly LLaDA's ``get_num_transfer_tokens`` even split with the remainder
+  front-loaded;
 * positions are chosen inside the current block only, by a confidence score.
 
 State convention: a token id in ``[0, V)`` is clean (decided, kept); any other id is undecided —
-the mask id ``V`` or, for corruptions where a noisy token carries information, an id that the
-``denoise_fn`` decodes as such (see ``sample_fef(target="poe")``).
+the mask id ``V`` or, for corruptions where a noisy token carries information, an id ``>= V`` that
+the ``denoise_fn`` decodes as such (``undecided_init``; see ``sample_fef(target="poe")``). Fixed
+positions hold clean ids, free positions start undecided, so the undecided set is the free set.
 
 ``denoise_fn(z [B, L] int32, t [B]) -> log-probs [B, L, V]``; ``t`` is the fraction of undecided
 positions (masked-diffusion direction: 0 = clean, 1 = fully masked).
@@ -22,15 +25,16 @@ commits several dependent tokens makes a factorisation error; FeF removes it.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dlm_jax.checks import check_choice, check_float, check_int, fail
 from dlm_jax.samplers.categorical import METHODS as CATEGORICAL_METHODS
 from dlm_jax.samplers.categorical import _check_method, sample_categorical, top_p_filter
+from dlm_jax.samplers.driver import apply_fixed, check_denoise_fn, check_fixed, static_fixed
 
 Array = jax.Array
 
@@ -57,98 +61,100 @@ class Plan:
     method: str  # resolved categorical method
 
 
-def _fail(name, value, allowed):
-    raise ValueError(f"{name}: {value!r}; expected {allowed}")
+def _leading_fixed(free: np.ndarray) -> int:
+    """Length of the prefix fixed in every sample: where the blocks start."""
+    open_cols = free.any(0)
+    return int(np.argmax(open_cols)) if open_cols.any() else free.shape[1]
 
 
-def _as_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        _fail(name, value, f"an integer >= {minimum}")
-    return int(value)
+def _check_undecided_init(undecided_init, free, num_samples, length, vocab_size):
+    """Validate the starting ids of the free positions: ``[L]``/``[B, L]`` ints, all >= V where
+    concrete (a negative id would wrap in an embedding lookup; a clean one is conditioning)."""
+    arr = jnp.asarray(undecided_init)
+    if arr.shape not in ((length,), (num_samples, length)) or not jnp.issubdtype(arr.dtype, jnp.integer):
+        fail("undecided_init", f"shape {arr.shape} dtype {arr.dtype}",
+             f"integer ids of shape ({length},) or ({num_samples}, {length})")
+    if not isinstance(undecided_init, jax.core.Tracer):
+        ids = np.broadcast_to(np.asarray(undecided_init), free.shape)[free]
+        bad = np.unique(ids[ids < vocab_size])
+        if bad.size:
+            fail("undecided_init", f"ids {bad[:4].tolist()} at free positions",
+                 f"ids >= vocab_size = {vocab_size} (mask_id, or a noisy id the denoiser decodes); "
+                 "clamp clean tokens with fixed/fixed_tokens")
+    return jnp.broadcast_to(arr.astype(jnp.int32), free.shape)
 
 
 def make_plan(denoise_fn: Callable, *, num_samples, length, steps, mask_id=None, vocab_size, block_length=None,
               selection="confidence", selections=("confidence", "random"), temperature=1.0, top_p=1.0,
-              prefix=None, init=None, k_schedule: Optional[Sequence[int]] = None,
-              categorical_method="auto") -> tuple[Plan, np.ndarray]:
+              fixed=None, fixed_tokens=None, undecided_init=None, k_schedule: Optional[Sequence[int]] = None,
+              categorical_method="auto") -> tuple[Plan, Array]:
     """Validate everything before compiling; returns the plan and the initial state ``[B, L]``.
 
-    ``prefix``: clean prompt tokens ``[P]`` or ``[B, P]`` (P < length) placed first; blocks cover
-    the remaining ``length - P`` positions. ``init``: alternatively a full starting state ``[L]`` or
-    ``[B, L]`` whose non-clean ids are generated; blocks then cover the whole sequence.
-    ``k_schedule``: optional explicit committed count per step (must exhaust every block)."""
-    num_samples = _as_int("num_samples", num_samples, 1)
-    length = _as_int("length", length, 1)
-    vocab_size = _as_int("vocab_size", vocab_size, 1)
-    steps = _as_int("steps", steps, 1)
-    mask_id = int(vocab_size if mask_id is None else mask_id)  # CONVENTIONS: the mask id is V by default
-    if 0 <= mask_id < vocab_size:
-        _fail("mask_id", mask_id, f"an id outside the clean vocabulary [0, {vocab_size})")
-    if selection not in selections:
-        _fail("selection", selection, f"one of {selections}")
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
-        _fail("temperature", temperature, "a finite float >= 0 (0 = greedy)")
-    if not (isinstance(top_p, (int, float)) and 0.0 < top_p <= 1.0):
-        _fail("top_p", top_p, "a float in (0, 1]")
-    if categorical_method not in CATEGORICAL_METHODS:
-        _fail("categorical_method", categorical_method, f"one of {CATEGORICAL_METHODS}")
+    Conditioning is the one API of every sampler (``driver.check_fixed``): ``fixed`` (bool ``[L]``
+    or ``[B, L]``, concrete: the plan depends on it) clamps positions to ``fixed_tokens`` (clean ids,
+    may be traced). Blocks start after the prefix fixed in every sample (LLaDA's prompt) and cover
+    the rest; fixed positions inside them are simply not generated, and every block needs at least
+    one free position per sample. ``undecided_init``: starting ids of the free positions (default
+    ``mask_id``), for corruptions whose undecided tokens carry information (``sample_fef(target="poe")``);
+    they must lie outside the clean ids. ``k_schedule``: optional explicit committed count per step
+    (must exhaust every block)."""
+    num_samples = check_int("num_samples", num_samples, min=1)
+    length = check_int("length", length, min=1)
+    vocab_size = check_int("vocab_size", vocab_size, min=1)
+    steps = check_int("steps", steps, min=1)
+    # CONVENTIONS: the mask id is V by default; ids below V are clean, negative ids are never valid.
+    mask_id = vocab_size if mask_id is None else mask_id
+    if isinstance(mask_id, (bool, np.bool_)) or not isinstance(mask_id, (int, np.integer)) or mask_id < vocab_size:
+        fail("mask_id", mask_id, f"an int >= vocab_size = {vocab_size} (outside the clean ids)")
+    mask_id = int(mask_id)
+    check_choice("selection", selection, selections)
+    temperature = check_float("temperature", temperature, min=0.0)
+    top_p = check_float("top_p", top_p, min=0.0, max=1.0, min_open=True)
+    check_choice("categorical_method", categorical_method, CATEGORICAL_METHODS)
     method = _check_method(categorical_method)
 
-    if prefix is not None and init is not None:
-        _fail("init", "given together with prefix", "at most one of prefix / init")
-    if init is not None:
-        state = np.asarray(init)
-        if state.ndim == 1:
-            state = np.broadcast_to(state, (num_samples, state.shape[0]))
-        if state.shape != (num_samples, length) or not np.issubdtype(state.dtype, np.integer):
-            _fail("init", f"shape {state.shape} dtype {state.dtype}", f"integer ids of shape ({length},) or ({num_samples}, {length})")
-        gen_start = 0
+    check_fixed(fixed, fixed_tokens, num_samples, length, vocab_size)
+    free = ~static_fixed(fixed, num_samples, length)
+    if undecided_init is None:
+        z0 = jnp.full((num_samples, length), mask_id, jnp.int32)
     else:
-        pre = np.zeros((num_samples, 0), np.int32) if prefix is None else np.asarray(prefix)
-        if pre.ndim == 1:
-            pre = np.broadcast_to(pre, (num_samples, pre.shape[0]))
-        if pre.ndim != 2 or pre.shape[0] != num_samples or pre.shape[1] >= length or (
-                pre.size and not np.issubdtype(pre.dtype, np.integer)):
-            _fail("prefix", f"shape {pre.shape}", f"integer ids [P] or [{num_samples}, P] with P < length = {length}")
-        if pre.size and (pre.min() < 0 or pre.max() >= vocab_size):
-            _fail("prefix", f"ids in [{pre.min()}, {pre.max()}]", f"clean ids in [0, {vocab_size})")
-        gen_start = pre.shape[1]
-        state = np.concatenate([pre, np.full((num_samples, length - gen_start), mask_id)], axis=1)
-    state = np.ascontiguousarray(state, dtype=np.int32)
+        z0 = _check_undecided_init(undecided_init, free, num_samples, length, vocab_size)
+    state, _ = apply_fixed(z0, fixed, fixed_tokens)
 
+    gen_start = _leading_fixed(free)
     gen_len = length - gen_start
-    block_length = gen_len if block_length is None else block_length
-    block_length = _as_int("block_length", block_length, 1)
+    if gen_len == 0:
+        fail("fixed", "every position fixed", "at least one free position")
+    block_length = check_int("block_length", gen_len if block_length is None else block_length, min=1)
     if gen_len % block_length:
-        _fail("block_length", block_length, f"a divisor of the generated length {gen_len}")
+        fail("block_length", block_length, f"a divisor of the generated length {gen_len}")
     num_blocks = gen_len // block_length
     if steps % num_blocks:
-        _fail("steps", steps, f"a multiple of the number of blocks ({num_blocks})")
+        fail("steps", steps, f"a multiple of the number of blocks ({num_blocks})")
     spb = steps // num_blocks
-    undecided = (state < 0) | (state >= vocab_size)
-    counts = [undecided[:, gen_start + b * block_length: gen_start + (b + 1) * block_length].sum(1)
+    counts = [free[:, gen_start + b * block_length: gen_start + (b + 1) * block_length].sum(1)
               for b in range(num_blocks)]
     for b, c in enumerate(counts):
         lo = gen_start + b * block_length
         if c.min() == 0:
-            _fail("init", f"block {b} (positions {lo}..{lo + block_length - 1}) with no undecided position",
-                  ">= 1 undecided position per block")
+            fail("fixed", f"block {b} (positions {lo}..{lo + block_length - 1}) with no free position",
+                 ">= 1 free position per block in every sample")
         if k_schedule is None and c.min() < spb:
-            _fail("steps", steps, f"<= {num_blocks} x {int(c.min())} (each step commits >= 1 of the "
-                  f"{int(c.min())} undecided positions of block {b})")
+            fail("steps", steps, f"<= {num_blocks} x {int(c.min())} (each step commits >= 1 of the "
+                 f"{int(c.min())} undecided positions of block {b})")
     if k_schedule is not None:
         ks = tuple(int(k) for k in k_schedule)
         if len(ks) != steps or min(ks) < 1:
-            _fail("k_schedule", ks, f"{steps} integers >= 1 (one per step)")
+            fail("k_schedule", ks, f"{steps} integers >= 1 (one per step)")
         for b, c in enumerate(counts):
             part = ks[b * spb:(b + 1) * spb]
             if c.min() != c.max():
-                _fail("k_schedule", ks, "samples with equal undecided counts per block")
+                fail("k_schedule", ks, "samples with equal undecided counts per block")
             if sum(part) > c[0]:
-                _fail("k_schedule", ks, f"at most the {int(c[0])} undecided positions of block {b} "
-                      f"(K larger than the number of masked positions)")
+                fail("k_schedule", ks, f"at most the {int(c[0])} undecided positions of block {b} "
+                     f"(K larger than the number of masked positions)")
             if sum(part) < c[0]:
-                _fail("k_schedule", ks, f"block {b} steps summing to its {int(c[0])} undecided positions")
+                fail("k_schedule", ks, f"block {b} steps summing to its {int(c[0])} undecided positions")
         k_fixed, k_max = ks, max(ks)
     else:
         k_fixed = (-1,) * steps
@@ -157,18 +163,10 @@ def make_plan(denoise_fn: Callable, *, num_samples, length, steps, mask_id=None,
     starts = tuple(gen_start + (s // spb) * block_length for s in range(steps))
     plan = Plan(num_samples, length, vocab_size, mask_id, steps, starts,
                 tuple(s + block_length for s in starts), tuple(spb - s % spb for s in range(steps)),
-                k_fixed, k_max, selection, float(temperature), float(top_p), method)
-    _check_denoise_fn(denoise_fn, num_samples, length, vocab_size)
+                k_fixed, k_max, selection, temperature, top_p, method)
+    # The loop calls denoise_fn(z, t) with t = the fraction undecided (default float).
+    check_denoise_fn(denoise_fn, (state, jnp.zeros((num_samples,), jnp.result_type(float))), vocab_size)
     return plan, state
-
-
-def _check_denoise_fn(denoise_fn, batch, length, vocab_size):
-    z = jax.ShapeDtypeStruct((batch, length), jnp.int32)
-    t = jax.ShapeDtypeStruct((batch,), jnp.result_type(float))
-    out = jax.eval_shape(denoise_fn, z, t)
-    shape = getattr(out, "shape", None)
-    if shape != (batch, length, vocab_size):
-        _fail("denoise_fn", f"output shape {shape}", f"log-probs of shape ({batch}, {length}, {vocab_size}) = [B, L, V]")
 
 
 # ---------------------------------------------------------------- traced helpers
@@ -255,17 +253,19 @@ _llada_jit = jax.jit(_llada_impl, static_argnums=(0, 1))
 
 def sample_llada(denoise_fn: Callable, key: Array, *, num_samples: int, length: int, steps: int, mask_id: int | None = None,
                  vocab_size: int, block_length: Optional[int] = None, selection: str = "low_confidence",
-                 temperature: float = 1.0, top_p: float = 1.0, prefix=None, init=None, k_schedule=None,
+                 temperature: float = 1.0, top_p: float = 1.0, fixed: Array | None = None,
+                 fixed_tokens: Array | None = None, undecided_init=None, k_schedule=None,
                  categorical_method: str = "auto") -> tuple[Array, dict]:
     """Standard LLaDA sampler: each step draws every masked token independently from its marginal
     and commits the ``K`` most confident in the current block (``selection``: ``"low_confidence"``
     = LLaDA's probability of the sampled token, ``"confidence"`` = ``max_v q``, ``"random"``).
+    ``fixed``/``fixed_tokens``: clamped positions (a prompt: blocks start after it), see ``make_plan``.
     Returns ``(tokens [B, L], info)`` with ``info["nfe"] = info["rows"] = steps`` per sample."""
     plan, state = make_plan(denoise_fn, num_samples=num_samples, length=length, steps=steps, mask_id=mask_id,
                             vocab_size=vocab_size, block_length=block_length, selection=selection,
                             selections=("low_confidence", "confidence", "random"), temperature=temperature,
-                            top_p=top_p, prefix=prefix, init=init, k_schedule=k_schedule,
-                            categorical_method=categorical_method)
-    tokens = _llada_jit(denoise_fn, plan, key, jnp.asarray(state))
+                            top_p=top_p, fixed=fixed, fixed_tokens=fixed_tokens, undecided_init=undecided_init,
+                            k_schedule=k_schedule, categorical_method=categorical_method)
+    tokens = _llada_jit(denoise_fn, plan, key, state)
     per_sample = jnp.full((num_samples,), steps, jnp.int32)
     return tokens, {"nfe": per_sample, "rows": per_sample, "nfe_batched": steps, "rows_batched": steps * num_samples}

@@ -21,8 +21,9 @@ caching saves nothing and ``nfe`` is then the logical count, not the work done.*
 Keys: step k uses ``fold_in(key, k)`` whether or not the model ran, so the cached and uncached
 samplers return bit-identical tokens under the same key.
 
-Conditional generation: ``fixed`` (``[L]`` or ``[B, L]`` bool) marks positions held at
-``fixed_tokens`` for the whole run (a prompt/prefix); they start unmasked and never change.
+Conditional generation (the one API of every sampler, ``driver.check_fixed``): ``fixed`` (``[L]``
+or ``[B, L]`` bool) marks positions held at ``fixed_tokens`` for the whole run (a prompt/prefix);
+they start unmasked and never change. The denoiser's output width is checked before tracing.
 
 Both samplers are pure and traceable; wrap them in ``jax.jit`` with ``denoise_fn`` closed over,
 e.g. ``jax.jit(lambda k: sample_mdlm(fn, k, ...))``. Arguments are checked before tracing.
@@ -34,10 +35,11 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from dlm_jax.checks import check_float, check_int
 from dlm_jax.samplers.categorical import _check_method, sample_categorical, top_p_filter
-from dlm_jax.samplers.driver import apply_fixed, check_fixed, check_steps, masked_time_grid, run_scan
+from dlm_jax.samplers.driver import (apply_fixed, check_denoise_fn, check_fixed, check_steps, masked_time_grid,
+                                     run_scan)
 
 Array = jax.Array
 DenoiseFn = Callable[[Array, Array], Array]
@@ -45,27 +47,21 @@ DenoiseFn = Callable[[Array, Array], Array]
 __all__ = ["sample_mdlm", "sample_mdlm_cache", "ancestral_draw", "noise_removal", "prepare_masked"]
 
 
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name}: {value!r}; expected an int >= {minimum}")
-    return int(value)
-
-
-def prepare_masked(num_samples, length, steps, vocab_size, top_p, categorical_method, fixed, fixed_tokens,
-                   eps=1e-5):
-    """Validate the shared arguments of the masked samplers (before tracing) and build the
-    initial state: ``(z0 [B, L] int32, fixed [B, L] bool)``; free positions start at mask id V."""
-    b = _check_int("num_samples", num_samples, 1)
-    n_len = _check_int("length", length, 1)
+def prepare_masked(denoise_fn, num_samples, length, steps, vocab_size, top_p, categorical_method, fixed,
+                   fixed_tokens, eps=1e-5):
+    """Validate the shared arguments of the masked samplers and the denoiser's output width
+    (before tracing) and build the initial state: ``(z0 [B, L] int32, fixed [B, L] bool)``; free
+    positions start at mask id V."""
+    b = check_int("num_samples", num_samples, min=1)
+    n_len = check_int("length", length, min=1)
     check_steps(steps)
-    v = _check_int("vocab_size", vocab_size, 2)
+    v = check_int("vocab_size", vocab_size, min=2)
     _check_method(categorical_method)
-    if isinstance(top_p, bool) or not isinstance(top_p, (int, float, np.floating)) or not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p: {top_p!r}; expected a value in (0, 1]")
-    if not isinstance(eps, (int, float, np.floating)) or not 0.0 <= eps < 1.0:
-        raise ValueError(f"eps: {eps!r}; expected a value in [0, 1)")
+    check_float("top_p", top_p, min=0.0, max=1.0, min_open=True)
+    check_float("eps", eps, min=0.0, max=1.0, max_open=True)
     z0 = jnp.full((b, n_len), v, jnp.int32)
     check_fixed(fixed, fixed_tokens, b, n_len, v)
+    check_denoise_fn(denoise_fn, (z0, jnp.zeros((b,), jnp.float32)), v)
     return apply_fixed(z0, fixed, fixed_tokens)
 
 
@@ -111,7 +107,7 @@ def noise_removal(logp: Array, z: Array, mask_id: int) -> Array:
 
 def _sample(denoise_fn, key, num_samples, length, steps, vocab_size, top_p, greedy, categorical_method,
             fixed, fixed_tokens, eps, cache):
-    z0, fixed = prepare_masked(num_samples, length, steps, vocab_size, top_p, categorical_method, fixed,
+    z0, fixed = prepare_masked(denoise_fn, num_samples, length, steps, vocab_size, top_p, categorical_method, fixed,
                                fixed_tokens, eps)
     grid = masked_time_grid(steps, eps)
     predict = predictor(denoise_fn, top_p)

@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from dlm_jax.checks import check_choice, check_float, fail
 from dlm_jax.samplers.driver import masked_time_grid, run_scan
 from dlm_jax.samplers.masked import ancestral_draw, noise_removal, predictor, prepare_masked
 
@@ -116,25 +116,22 @@ def loop_alpha(t: Array, t_on: float, t_off: float, alpha_on: float) -> Array:
 
 def check_remdm(strategy: str, eta, t_on: float = 0.55, t_off: float = 0.05, alpha_on: float = 0.9):
     """Validate a strategy and its parameters (before tracing); returns η with defaults filled."""
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy: {strategy!r}; expected one of {STRATEGIES}")
+    check_choice("strategy", strategy, STRATEGIES)
     if strategy == "conf":
         if eta is not None:
-            raise ValueError(f"eta: {eta!r}; expected None for strategy 'conf' (η comes from confidences)")
+            fail("eta", eta, "None for strategy 'conf' (η comes from confidences)")
         return None
-    eta = DEFAULT_ETA[strategy] if eta is None else eta
-    if isinstance(eta, bool) or not isinstance(eta, (int, float, np.floating)) or not 0.0 <= eta <= 1.0:
-        raise ValueError(f"eta: {eta!r}; expected a value in [0, 1]")
+    eta = check_float("eta", DEFAULT_ETA[strategy] if eta is None else eta, min=0.0, max=1.0)
     if strategy == "loop":
-        if not 0.0 < alpha_on < 1.0:
-            raise ValueError(f"alpha_on: {alpha_on!r}; expected a value in (0, 1)")
+        check_float("alpha_on", alpha_on, min=0.0, max=1.0, min_open=True, max_open=True)
+        check_float("t_on", t_on)
+        check_float("t_off", t_off)
         if not 0.0 < t_off < t_on < 1.0:
-            raise ValueError(f"t_on, t_off: ({t_on!r}, {t_off!r}); expected 0 < t_off < t_on < 1")
+            fail("t_on, t_off", (t_on, t_off), "0 < t_off < t_on < 1")
         bound = (1.0 - alpha_on) / alpha_on
         if eta > bound:
-            raise ValueError(f"eta: {eta!r}; expected eta <= (1 - alpha_on)/alpha_on = {bound:.6g} "
-                             "(else 1 - alpha_on - eta*alpha_on < 0)")
-    return float(eta)
+            fail("eta", eta, f"eta <= (1 - alpha_on)/alpha_on = {bound:.6g} (else 1 - alpha_on - eta*alpha_on < 0)")
+    return eta
 
 
 def remdm_schedule(strategy: str, grid: Array, eta=None, t_on: float = 0.55, t_off: float = 0.05,
@@ -169,7 +166,7 @@ def sample_remdm(denoise_fn, key: Array, *, num_samples: int, length: int, steps
     ``eta=None`` takes the strategy default. ``fixed``/``fixed_tokens`` positions are never
     remasked (σ = 0 there) and excluded from conf's softmax. Returns
     ``(tokens [B, L] int32, {"nfe": int32 T + 1})``."""
-    z0, fixed = prepare_masked(num_samples, length, steps, vocab_size, top_p, categorical_method, fixed,
+    z0, fixed = prepare_masked(denoise_fn, num_samples, length, steps, vocab_size, top_p, categorical_method, fixed,
                                fixed_tokens, eps)
     grid = masked_time_grid(steps, eps)
     sched = remdm_schedule(strategy, grid, eta, t_on, t_off, alpha_on)
@@ -198,7 +195,7 @@ def sample_remdm(denoise_fn, key: Array, *, num_samples: int, length: int, steps
 def _fixed_strategy(strategy: str):
     def sampler(denoise_fn, key: Array, **kwargs) -> tuple[Array, dict]:
         if "strategy" in kwargs:
-            raise ValueError(f"strategy: {kwargs['strategy']!r}; expected no strategy for 'remdm_{strategy}'")
+            fail("strategy", kwargs["strategy"], f"no strategy for 'remdm_{strategy}'")
         return sample_remdm(denoise_fn, key, strategy=strategy, **kwargs)
 
     sampler.__name__ = f"sample_remdm_{strategy}"

@@ -25,10 +25,14 @@ with an exact model the output law is ``p*`` for ANY step schedule (Theorem 1); 
 P and D alike (exactness then holds for the tempered conditionals). Temperature 0 is greedy: accept
 iff ``argmax P = argmax D``, on rejection take ``argmax P``.
 
+Conditioning is the one API of every sampler: ``fixed``/``fixed_tokens`` clamp positions (a prompt;
+LLaDA blocks start after the prefix fixed in every sample, ``llada.make_plan``).
+
 ``target="poe"`` uses Lemma 1's product of experts
 ``P ∝ f(X_t)_i · f(C^(m) with i deleted)_i / f(X_t with i deleted)_i`` (deleted = set to
-``mask_id``) for corruptions whose undecided tokens carry information (pass them via ``init``:
-any id outside ``[0, V)`` is undecided). The ``X_t``-with-``j_m``-deleted rows ride in the step's
+``mask_id``) for corruptions whose undecided tokens carry information: pass their ids, all
+``>= V``, as ``undecided_init`` (the starting state of the free positions; not conditioning —
+those tokens are generated). The ``X_t``-with-``j_m``-deleted rows ride in the step's
 first round call (no extra sequential call); the first slot stays free (its ratio is 1). For
 masked states it reduces to ``target="masked"``.
 
@@ -52,6 +56,7 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 
+from dlm_jax.checks import check_choice, check_int
 from dlm_jax.samplers.categorical import sample_categorical
 from dlm_jax.samplers.llada import (Plan, draw, is_clean, make_plan, select_positions, slot_positions, step_inputs,
                                     step_k, transform_logp)
@@ -257,28 +262,30 @@ _fef_jit = jax.jit(_fef_impl, static_argnums=(0, 1, 2, 3))
 
 def sample_fef(denoise_fn: Callable, key: Array, *, num_samples: int, length: int, steps: int, mask_id: int | None = None,
                vocab_size: int, block_length: Optional[int] = None, selection: str = "confidence",
-               temperature: float = 1.0, top_p: float = 1.0, target: str = "masked", prefix=None, init=None,
-               k_schedule=None, categorical_method: str = "auto", row_buckets: int = 6) -> tuple[Array, dict]:
+               temperature: float = 1.0, top_p: float = 1.0, target: str = "masked", fixed: Array | None = None,
+               fixed_tokens: Array | None = None, undecided_init=None, k_schedule=None,
+               categorical_method: str = "auto", row_buckets: int = 6) -> tuple[Array, dict]:
     """FeF-DLLM sampler (see the module docstring).
 
     ``denoise_fn(z [B, L] int32, t [B]) -> log-probs [B, L, V]`` over the clean tokens, for any
     batch size B, each row depending on its own context only; ``t`` is the fraction of undecided
     positions (masked direction: 0 = clean, 1 = fully masked; FeF does not rely on it).
-    ``selection``: ``"confidence"`` (``max_v q``) or ``"random"``. ``prefix``: clean prompt
-    ``[P]``/``[B, P]``; ``init``: full starting state (non-clean ids are generated); ``k_schedule``:
-    explicit committed count per step (default: LLaDA's even split per block); ``row_buckets``:
-    halvings of the static batch sizes of compacted calls (0: full batch or skip).
+    ``selection``: ``"confidence"`` (``max_v q``) or ``"random"``. ``fixed`` (bool ``[L]``/``[B, L]``,
+    concrete) / ``fixed_tokens`` (clean ids): clamped positions, e.g. a prompt; ``undecided_init``
+    (ids ``>= V`` ``[L]``/``[B, L]``): starting ids of the free positions (default ``mask_id``; noisy
+    ids for ``target="poe"``); ``k_schedule``: explicit committed count per step (default: LLaDA's
+    even split per block); ``row_buckets``: halvings of the static batch sizes of compacted calls
+    (0: full batch or skip).
 
     Returns ``(tokens [B, L] int32, info)``; info holds per-sample ``nfe``, ``rows``,
     ``rounds [B, steps]``, ``k [B, steps]``, ``draft_calls``, ``total_rounds``, ``accepted``,
     ``rejected`` and the batched program's ``nfe_batched`` / ``rows_batched``. Bad input raises a
     one-line ValueError before anything compiles."""
-    if target not in ("masked", "poe"):
-        raise ValueError(f"target: {target!r}; expected 'masked' or 'poe'")
-    if isinstance(row_buckets, bool) or not isinstance(row_buckets, int) or not 0 <= row_buckets <= 16:
-        raise ValueError(f"row_buckets: {row_buckets!r}; expected an integer in [0, 16]")
+    check_choice("target", target, ("masked", "poe"))
+    row_buckets = check_int("row_buckets", row_buckets, min=0, max=16)
     plan, state = make_plan(denoise_fn, num_samples=num_samples, length=length, steps=steps, mask_id=mask_id,
                             vocab_size=vocab_size, block_length=block_length, selection=selection,
                             selections=("confidence", "random"), temperature=temperature, top_p=top_p,
-                            prefix=prefix, init=init, k_schedule=k_schedule, categorical_method=categorical_method)
-    return _fef_jit(denoise_fn, plan, target == "poe", row_buckets, key, jnp.asarray(state))
+                            fixed=fixed, fixed_tokens=fixed_tokens, undecided_init=undecided_init,
+                            k_schedule=k_schedule, categorical_method=categorical_method)
+    return _fef_jit(denoise_fn, plan, target == "poe", row_buckets, key, state)

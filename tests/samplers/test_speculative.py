@@ -4,7 +4,8 @@
 * the end-to-end law equals p* on a parity-weighted JointTable for one step K = L, two steps
   K = 2 and random position sets: exactly by enumerating every draft/accept/resample branch
   (TV ≤ 1e-12) and by Monte Carlo of the jitted sampler (TV at the calibrated MC floor), while the
-  standard independent sampler is far off;
+  standard independent sampler is far off; the same with fixed positions (``fixed``/``fixed_tokens``)
+  against the exact conditional, per row;
 * greedy mode equals sequential greedy decoding; the Markov-chain language keeps E log p* = −H
   at every step count while the standard sampler degrades; Lemma 1's product of experts on a toy
   noisy corruption; bad input.
@@ -132,8 +133,8 @@ def _vanilla_step_law(f, ctx, slots):
     return out
 
 
-def _exact_law(f, k_schedule, selection, fef=True):
-    states = {(MASK,) * L: 1.0}
+def _exact_law(f, k_schedule, selection, fef=True, start=None):
+    states = {tuple(start) if start is not None else (MASK,) * L: 1.0}
     for k in k_schedule:
         nxt = defaultdict(float)
         for ctx, w in states.items():
@@ -164,6 +165,25 @@ def test_exact_law_by_enumeration(table, k_schedule, selection):
     print(f"K={k_schedule} {selection}: FeF TV {tv_fef:.1e}, standard TV {tv_van:.3f}")
     assert abs(fef.sum() - 1) < 1e-12 and tv_fef <= 1e-12
     assert tv_van > 0.2
+
+
+def _conditional(law, fixed, tokens):
+    """p*(x | x_fixed = tokens_fixed) over ``all_sequences``."""
+    w = law * (all_sequences(V, L)[:, fixed] == np.asarray(tokens)[fixed]).all(-1)
+    return w / w.sum()
+
+
+@pytest.mark.parametrize("k_schedule,selection", [((3,), "confidence"), ((1, 2), "random"), ((2, 1), "confidence")])
+def test_exact_conditional_law_with_fixed_positions_by_enumeration(table, k_schedule, selection):
+    """Fixed positions are part of every context and never candidates: FeF's law is p*(x | x1 = 2)."""
+    f = _context_table(table)
+    fixed, tokens = np.array([False, True, False, False]), np.array([0, 2, 0, 0])
+    start = np.where(fixed, tokens, MASK)
+    law = _exact_law(f, k_schedule, selection, start=start)
+    want = _conditional(table.law(), fixed, tokens)
+    tv, tv_van = total_variation(law, want), total_variation(_exact_law(f, k_schedule, selection, False, start), want)
+    print(f"fixed x1=2, K={k_schedule} {selection}: FeF TV {tv:.1e}, standard TV {tv_van:.3f}")
+    assert tv <= 1e-12 and tv_van > 0.05
 
 
 def _mc_floor(p, n, reps=300, seed=0):
@@ -199,6 +219,32 @@ def test_end_to_end_monte_carlo(table, k_schedule, selection, n):
     assert info["draft_calls"].min() >= 1 + sum(k == 1 for k in k_schedule[:-1])
     np.testing.assert_array_equal(info["rounds"][:, np.asarray(k_schedule) == 1], 0)  # K = 1: no rounds
     assert np.all(info["rounds"] <= np.maximum(np.asarray(k_schedule) - 1, 0))
+
+
+def test_end_to_end_conditioning_per_row_monte_carlo(table):
+    """The jitted sampler with ``fixed`` ``[B, L]``: one half of the rows clamps x1 = 2, the other
+    x0 = 1 and x3 = 0 (no common prefix: one block over L; K = (2, 1) and (1, 1)). Each half follows
+    its exact conditional; traced ``fixed_tokens`` (prompts as jit arguments) give the same tokens."""
+    n = 20_000
+    rows = [(np.array([False, True, False, False]), np.array([0, 2, 0, 0])),
+            (np.array([True, False, False, True]), np.array([1, 0, 0, 0]))]
+    fixed = np.repeat(np.stack([r[0] for r in rows]), n, axis=0)
+    tokens = np.repeat(np.stack([r[1] for r in rows]), n, axis=0)
+    fn = table.denoise_fn(MASK)
+    common = dict(num_samples=2 * n, length=L, steps=2, mask_id=MASK, vocab_size=V, fixed=fixed)
+    with jax.enable_x64(True):
+        tok, info = sample_fef(fn, jax.random.key(11), fixed_tokens=tokens, **common)
+        traced, _ = jax.jit(lambda t: sample_fef(fn, jax.random.key(11), fixed_tokens=t, **common))(jnp.asarray(tokens))
+    tok = np.asarray(tok)
+    np.testing.assert_array_equal(np.asarray(traced), tok)
+    np.testing.assert_array_equal(tok[fixed], tokens[fixed])
+    np.testing.assert_array_equal(np.asarray(info["k"])[[0, -1]], [[2, 1], [1, 1]])
+    for half, (mask, prompt) in enumerate(rows):
+        want = _conditional(table.law(), mask, prompt)
+        tv = total_variation(empirical_law(tok[half * n:(half + 1) * n], V), want)
+        floor, spread = _mc_floor(want, n)
+        print(f"fixed {mask.astype(int)}: FeF TV {tv:.4f} (floor {floor:.4f} ± {spread:.4f})")
+        assert tv < floor + 4 * spread
 
 
 # ----------------------------------------------------------------- greedy
@@ -307,7 +353,7 @@ def test_poe_target_on_noisy_corruption(table):
         poe = jax.nn.softmax(q + g - h)
         assert float(jnp.abs(poe - jnp.exp(direct)).max()) < 1e-12
         tok, info = sample_fef(fn, jax.random.key(0), num_samples=n, length=L, steps=2, mask_id=V, vocab_size=V,
-                               init=V + 1 + y, target="poe", selection="random")
+                               undecided_init=V + 1 + y, target="poe", selection="random")
     tv = total_variation(empirical_law(np.asarray(tok), V), target)
     floor, spread = _mc_floor(target, n)
     print(f"PoE noisy: TV {tv:.4f} (floor {floor:.4f} ± {spread:.4f}); nfe {np.asarray(info['nfe']).mean():.2f}")
@@ -322,19 +368,28 @@ def _ok(z, t):
 
 
 @pytest.mark.parametrize("kwargs,pattern", [
-    (dict(steps=0), r"^steps: 0; expected an integer >= 1$"),
+    (dict(steps=0), r"^steps: 0; expected an int >= 1$"),
     (dict(steps=5), r"^steps: 5; expected <= 1 x 4"),
     (dict(block_length=3), r"^block_length: 3; expected a divisor of the generated length 4$"),
     (dict(block_length=2, steps=3), r"^steps: 3; expected a multiple of the number of blocks \(2\)$"),
     (dict(k_schedule=(3, 3), steps=2), r"^k_schedule: \(3, 3\); expected at most the 4 undecided .*K larger"),
     (dict(k_schedule=(2,), steps=1), r"^k_schedule: \(2,\); expected block 0 steps summing"),
-    (dict(init=np.array([0, 1, 3, 3]), block_length=2, steps=2), r"^init: 'block 0 \(positions 0..1\) with no undecided"),
-    (dict(denoise_fn=lambda z, t: jnp.zeros(z.shape + (V + 1,))), r"^denoise_fn: 'output shape \(2, 4, 4\)'"),
+    (dict(fixed=np.array([False, False, True, True]), fixed_tokens=np.array([0, 0, 1, 2]), block_length=2, steps=2),
+     r"^fixed: 'block 1 \(positions 2..3\) with no free position'"),
+    (dict(fixed=np.ones(L, bool), fixed_tokens=np.zeros(L, int)), r"^fixed: 'every position fixed'"),
+    (dict(fixed=np.array([True, False, False, False]), fixed_tokens=np.array([V, 0, 0, 0])),
+     r"^fixed_tokens: values \[3\]; expected ids in \[0, 3\)$"),
+    (dict(fixed=np.array([True, False, False, False])), r"^fixed_tokens: missing;"),
+    (dict(undecided_init=np.array([MASK, 1, MASK, MASK])), r"^undecided_init: 'ids \[1\] at free positions'"),
+    (dict(undecided_init=np.array([MASK, -1, MASK, MASK])), r"^undecided_init: 'ids \[-1\] at free positions'"),
+    (dict(denoise_fn=lambda z, t: jnp.zeros(z.shape + (V + 1,))),
+     r"^denoise_fn: output width 4; expected vocab_size 3"),
     (dict(selection="low_confidence"), r"^selection: 'low_confidence'; expected one of"),
     (dict(target="joint"), r"^target: 'joint'; expected"),
     (dict(temperature=-1.0), r"^temperature: -1.0; expected"),
-    (dict(mask_id=1), r"^mask_id: 1; expected an id outside"),
-    (dict(row_buckets=-1), r"^row_buckets: -1; expected an integer in \[0, 16\]$"),
+    (dict(mask_id=1), r"^mask_id: 1; expected an int >= vocab_size = 3"),
+    (dict(mask_id=-1), r"^mask_id: -1; expected an int >= vocab_size = 3"),
+    (dict(row_buckets=-1), r"^row_buckets: -1; expected an int >= 0 and <= 16$"),
 ])
 def test_bad_input(kwargs, pattern):
     args = dict(denoise_fn=_ok, key=jax.random.key(0), num_samples=2, length=L, steps=1, mask_id=MASK, vocab_size=V)
