@@ -129,6 +129,9 @@ class TorchDiT(nn.Module):
         """From a `dlm_jax.models.DiTConfig` (or anything with the same attributes)."""
         if cfg.input != "tokens" or cfg.self_cond_dim or cfg.dropout:
             raise ValueError("config: the twin supports token input without self-conditioning or dropout")
+        adapter = getattr(cfg, "input_adapter", "default")  # the *_impl switches do not change the function
+        if adapter not in ("default", "token_embedding"):
+            raise ValueError(f"input_adapter: {adapter!r}; expected 'default' or 'token_embedding' (the twin's)")
         return cls(cfg.vocab_size, cfg.num_classes, cfg.width, cfg.depth, cfg.heads, cfg.cond_dim,
                    cfg.mlp_ratio, cfg.conditioning)
 

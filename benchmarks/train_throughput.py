@@ -12,8 +12,9 @@ loss, global-norm clipping, AdamW, EMA). Both run in the same process, INTERLEAV
 noise (shared CPUs) hits both alike. Compile time (lower + compile) is measured apart from step time.
 
 `--breakdown` also times the pieces in both frameworks (forward loss, forward+backward, optimizer update).
-`--variant` monkeypatches model internals at run time (the files in dlm_jax/ are not edited) to measure a
-proposed change; see VARIANTS.
+`--variant` sets DiTConfig compute switches (attention_impl, qkv_impl, rope_impl, embed_impl; see VARIANTS) to
+measure an alternative implementation of the same model; with `--breakdown` the default model is timed in the
+same run.
 
 MFU (GPU only): FLOPs per step = 6·N·T + 12·depth·L·width·T  (T = B·L tokens, N = non-embedding params:
 every matmul weight; the embedding lookup is a gather; the factor 12 = 3 (fwd+bwd) × 2 matmuls (QKᵀ, PV)
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import statistics
@@ -34,7 +34,6 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -46,82 +45,33 @@ PRESETS = {
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Variants: run-time patches of dlm_jax.models internals, to measure a proposed change without editing it.
+# Variants: DiTConfig compute switches (same params, same function up to float rounding; see DiTConfig).
 # ------------------------------------------------------------------------------------------------------------
-def _onehot_embed():
-    from dlm_jax.models import adapters
-
-    def call(self, x):
-        table = self.embedding[...]
-        return jax.nn.one_hot(x, table.shape[0], dtype=table.dtype) @ table
-
-    adapters.TokenEmbedding.__call__ = call
-
-
-def _einsum_attn():
-    from dlm_jax.models import attention
-
-    def dpa(q, k, v, is_causal=False):
-        del is_causal
-        s = jnp.einsum("blhd,bmhd->bhlm", q, k, preferred_element_type=jnp.float32) / math.sqrt(q.shape[-1])
-        p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
-        return jnp.einsum("bhlm,bmhd->blhd", p, v)
-
-    class _NN:  # the module reads jax.nn.dot_product_attention through its `jax` global
-        def __getattr__(self, name):
-            return dpa if name == "dot_product_attention" else getattr(jax.nn, name)
-
-    class _Jax:
-        nn = _NN()
-
-        def __getattr__(self, name):
-            return getattr(jax, name)
-
-    attention.jax = _Jax()
-
-
-def _rope_split():
-    from dlm_jax.models import attention
-
-    def apply_rotary(x, cos, sin):
-        xf = x.astype(jnp.float32)
-        half = x.shape[-1] // 2
-        x1, x2 = xf[..., :half], xf[..., half:]
-        c, s = cos[None, :, None, :half], sin[None, :, None, :half]
-        return jnp.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1).astype(x.dtype)
-
-    attention.apply_rotary = apply_rotary
-
-
-def _qkv_split():
-    from dlm_jax.models import attention
-
-    def qkv_rotated(self, x, cos, sin):
-        kernel = self.qkv.kernel[...].astype(self.qkv.dtype)  # [W, 3, H, D]
-        xd = x.astype(self.qkv.dtype)
-        q, k, v = (jnp.einsum("blw,whd->blhd", xd, kernel[:, i]) for i in range(3))
-        return attention.apply_rotary(q, cos, sin), attention.apply_rotary(k, cos, sin), v
-
-    attention.Attention.qkv_rotated = qkv_rotated
-
-
-VARIANTS = {
-    "qkv_split": (_qkv_split, "q, k, v as three dots on kernel slices (no slicing of the [B,L,3,H,D] activation)"),
-    "onehot_embed": (_onehot_embed, "token embedding as one_hot(x) @ table instead of a gather (jnp.take)"),
-    "einsum_attn": (_einsum_attn, "plain einsum/softmax attention instead of jax.nn.dot_product_attention"),
-    "rope_split": (_rope_split, "rotary on halves (one concat) instead of rotate-half concat + full multiply"),
+VARIANTS = {  # name: (DiTConfig field, value, what it measures)
+    "qkv_split": ("qkv_impl", "split", "q, k, v as three dots on kernel slices (no slicing of the [B,L,3,H,D] "
+                                       "activation)"),
+    "onehot_embed": ("embed_impl", "onehot", "token embedding as one_hot(x) @ table instead of a gather"),
+    "einsum_attn": ("attention_impl", "einsum", "plain einsum/softmax attention instead of "
+                                                "jax.nn.dot_product_attention"),
+    "rope_split": ("rope_impl", "split_halves", "rotary on halves (one concat) instead of rotate-half concat + "
+                                                "full multiply"),
 }
+
+
+def variant_fields(variants) -> dict:
+    """{DiTConfig field: value} for a list of VARIANTS names."""
+    return {VARIANTS[v][0]: VARIANTS[v][1] for v in variants}
 
 
 # ------------------------------------------------------------------------------------------------------------
 # JAX side: the real trainer step.
 # ------------------------------------------------------------------------------------------------------------
-def make_config(p, dtype: str):
+def make_config(p, dtype: str, switches=None):
     v = p["vocab"]
     return ml_collections.ConfigDict({
         "seed": 0,
         "model": dict(vocab_size=v, width=p["width"], depth=p["depth"], heads=p["heads"],
-                      cond_dim=p["cond_dim"], max_len=p["seq_len"], dtype=dtype),
+                      cond_dim=p["cond_dim"], max_len=p["seq_len"], dtype=dtype, **(switches or {})),
         "method": dict(name="mdlm", time_conditioning=False),
         "data": dict(seq_len=p["seq_len"]),
         "train": dict(lr=3e-4, schedule="constant", warmup_steps=0, grad_clip=1.0, weight_decay=0.0,
@@ -129,25 +79,26 @@ def make_config(p, dtype: str):
     })
 
 
-def dit_config(p, dtype: str):
+def dit_config(p, dtype: str, switches=None):
     from dlm_jax.models import DiTConfig
 
     v = p["vocab"]  # clean tokens; the mask id is V, so the model sees V + 1 ids and outputs V + 1 classes
     return DiTConfig(vocab_size=v + 1, num_classes=v + 1, width=p["width"], depth=p["depth"], heads=p["heads"],
-                     cond_dim=p["cond_dim"], max_len=p["seq_len"], conditioning="none", dtype=dtype)
+                     cond_dim=p["cond_dim"], max_len=p["seq_len"], conditioning="none", dtype=dtype,
+                     **(switches or {}))
 
 
 class JaxBench:
-    def __init__(self, p, dtype: str, donate: bool = True):
+    def __init__(self, p, dtype: str, donate: bool = True, switches=None):
         from dlm_jax.methods import mdlm
         from dlm_jax.models import build_model, count_params, make_apply
-        from dlm_jax.train import mesh as mesh_lib
+        from dlm_jax import mesh as mesh_lib
         from dlm_jax.train import optim
         from dlm_jax.train import state as state_lib
         from dlm_jax.train import step as step_lib
 
-        self.p, self.cfg = p, make_config(p, dtype)
-        mcfg = dit_config(p, dtype)
+        self.p, self.cfg = p, make_config(p, dtype, switches)
+        mcfg = dit_config(p, dtype, switches)
         self.mesh = mesh_lib.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
         # As dlm_jax.train.loop.train: model traced and state created outside the mesh context, mesh around steps.
         graphdef, init_params = state_lib.trace_model(lambda: build_model(mcfg, 0))
@@ -293,7 +244,8 @@ def main(argv=None):
     ap.add_argument("--no-donate", action="store_true", help="do not donate the train state")
     ap.add_argument("--breakdown", action="store_true", help="also time forward / backward / optimizer")
     ap.add_argument("--breakdown-only", action="store_true", help="only the component timings (no full step)")
-    ap.add_argument("--variant", default="", help="comma list of: " + ", ".join(VARIANTS))
+    ap.add_argument("--variant", default="", help="comma list of DiTConfig switches: " + ", ".join(
+        f"{k} ({f}={v!r})" for k, (f, v, _) in VARIANTS.items()))
     ap.add_argument("--peak-tflops", type=float, default=989.0,
                     help="chip bf16 dense peak for MFU on GPU (989 = H100/H200 SXM)")
     ap.add_argument("--threads", type=int, default=None,
@@ -338,11 +290,9 @@ def main(argv=None):
             p["seq_len"] = args.seq_len
         base_pieces = {}
         if variants and (args.breakdown or args.breakdown_only):
-            # The unpatched model, compiled before the patches: base and variant are timed in the same run.
+            # The default model: base and variant are timed in the same run.
             base_pieces = {f"jax base {k}": per_call(f) for k, f in JaxBench(p, args.dtype).pieces().items()}
-        for v in variants:
-            VARIANTS[v][0]()
-        jb = JaxBench(p, args.dtype, donate=not args.no_donate)
+        jb = JaxBench(p, args.dtype, donate=not args.no_donate, switches=variant_fields(variants))
         row = dict(preset=name, **p, params=jb.n_params)
         tb = None
         if have_torch:
@@ -410,7 +360,7 @@ def print_breakdown(r):
             print(f"| {k} | {j:.1f} | " + (f"{t:.1f} | {j / t:.2f} |" if t else "– | – |"))
         for k in ("forward (loss)", "forward+backward", "optimizer (clip+AdamW)"):
             if f"jax base {k}" in b:
-                print(f"| {k}, unpatched JAX (same run) | {b[f'jax base {k}']:.1f} | – | variant/base "
+                print(f"| {k}, default JAX model (same run) | {b[f'jax base {k}']:.1f} | – | variant/base "
                       f"{b[f'jax {k}'] / b[f'jax base {k}']:.2f} |")
     print(flush=True)
 

@@ -24,30 +24,30 @@ def _check_config(config) -> DiTConfig:
     raise ValueError(f"config: {type(config).__name__}; expected a DiTConfig or a mapping of its fields")
 
 
-def make_init(config: DiTConfig, *, input_adapter=None):
+def make_init(config: DiTConfig):
     """(graphdef, init) with a pure `init(key) -> params`; jit it with out_shardings to initialise a large
     model directly sharded (no host copy)."""
     config = _check_config(config)
-    graphdef, _ = abstract_model(config, input_adapter=input_adapter)
+    graphdef, _ = abstract_model(config)
 
     def init(key):
         with nnx.use_eager_sharding(False):
-            return nnx.split(DiT(config, rngs=nnx.Rngs(params=key), input_adapter=input_adapter))[1]
+            return nnx.split(DiT(config, rngs=nnx.Rngs(params=key)))[1]
 
     return graphdef, init
 
 
-def build_model(config: DiTConfig, seed: int, *, input_adapter=None):
+def build_model(config: DiTConfig, seed: int):
     """Initialise a DiT → (graphdef, params). params is the nnx.State of every model variable (all float32
-    Params). `input_adapter`: optional factory `(config, rngs) -> nnx.Module` replacing the default input
-    embedding (see adapters.py). Initialisation runs as one jitted program."""
+    Params). The input adapter is `config.input_adapter` (adapters.py). Initialisation runs as one jitted
+    program."""
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed: {seed!r}; expected an int")
-    graphdef, init = make_init(config, input_adapter=input_adapter)
+    graphdef, init = make_init(config)
     return graphdef, jax.jit(init)(jax.random.key(seed))
 
 
-def abstract_model(config: DiTConfig, *, input_adapter=None):
+def abstract_model(config: DiTConfig):
     """(graphdef, params) with jax.ShapeDtypeStruct leaves: shapes without allocating. Uses jax.eval_shape
     (not nnx.eval_shape, which under an ambient mesh would resolve the logical names as mesh axes)."""
     config = _check_config(config)
@@ -55,7 +55,7 @@ def abstract_model(config: DiTConfig, *, input_adapter=None):
 
     def init():
         with nnx.use_eager_sharding(False):
-            g, state = nnx.split(DiT(config, rngs=nnx.Rngs(params=0), input_adapter=input_adapter))
+            g, state = nnx.split(DiT(config, rngs=nnx.Rngs(params=0)))
         graphdef.append(g)
         return state
 
@@ -67,9 +67,10 @@ def make_apply(graphdef):
     """Pure `apply(params, x, cond=None, *, dropout_rng=None) -> float32 [B, L, num_classes]`.
 
     jit-able and differentiable w.r.t. params. Dropout (config.dropout > 0) is on only when dropout_rng is
-    given. cond: {"t": [B] or [B, L], "h": [B] (or [B, L]), "self_cond": [B, L, d_sc]}; t/h are in the
-    calling method's time direction (masked: 0 = clean; flow: 0 = source). Bad inputs raise ValueError
-    before anything compiles (token-id range only when x is concrete)."""
+    given. cond: {"t": [B] or [B, L], "h": [B] (or [B, L]), "self_cond": [B, L, d_sc], "padding_mask": [B, L]
+    (True/1 = real token; absent = all real)}; t/h are in the calling method's time direction (masked:
+    0 = clean; flow: 0 = source). Bad inputs raise ValueError before anything compiles (token-id range and
+    mask values only when concrete)."""
 
     def apply(params, x, cond=None, *, dropout_rng=None):
         model = nnx.merge(graphdef, params)

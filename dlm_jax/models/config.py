@@ -1,7 +1,7 @@
 """`DiTConfig`: the frozen, validated configuration of the DiT denoiser.
 
 Every field is checked in `__post_init__`, so a bad value fails where the config is built, with one line
-`"<key>: <value>; expected <allowed>"` (docs/CONVENTIONS.md), long before anything compiles.
+`"<key>: <value>; expected <allowed>"` (docs/ARCHITECTURE.md), long before anything compiles.
 """
 
 from __future__ import annotations
@@ -12,9 +12,18 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from dlm_jax import checks
+
 CONDITIONINGS = ("none", "t", "th")
 INPUTS = ("tokens", "vectors")
 DTYPES = ("float32", "bfloat16")
+# Compute implementations (same params, same function up to float rounding); the first is the default.
+ATTENTION_IMPLS = ("xla", "einsum")
+QKV_IMPLS = ("fused", "split")
+ROPE_IMPLS = ("rotate_half", "split_halves")
+EMBED_IMPLS = ("gather", "onehot")
+# Built-in input adapters and the `input` each one takes ("default" picks one by `input`).
+BUILTIN_ADAPTER_INPUTS = {"token_embedding": "tokens", "linear": "vectors"}
 
 
 def _is_int(v: Any) -> bool:
@@ -43,6 +52,18 @@ class DiTConfig:
     dtype: compute dtype of activations; params are always float32, logits float32.
     identity_h_init: ("th" only) initialise the fusers so the student computes the "t" teacher's function
         exactly (see `init_student_from_teacher`).
+    input_adapter: name of the input adapter in the registry of adapters.py: "default" (token_embedding
+        for input="tokens", linear for "vectors"), "token_embedding", "linear", or a name a method
+        registered with `register_input_adapter` (e.g. DSL's soft-retrieval converter).
+
+    Compute implementations (params and outputs the same up to float rounding; defaults are the reference,
+    the others exist to be benchmarked, `benchmarks/train_throughput.py --variant`):
+    attention_impl: "xla" (`jax.nn.dot_product_attention`) or "einsum" (explicit QK^T, float32 softmax, PV).
+    qkv_impl: "fused" (one matmul to [B, L, 3, H, D], then sliced) or "split" (three matmuls on the
+        kernel's q/k/v slices; no slicing of the activation).
+    rope_impl: "rotate_half" (x*cos + rotate_half(x)*sin on full-width tables) or "split_halves"
+        (rotate the two halves, one concatenation).
+    embed_impl: token embedding as "gather" (`jnp.take`) or "onehot" (one_hot(x) @ table, a matmul).
     """
 
     vocab_size: int = 0
@@ -61,6 +82,11 @@ class DiTConfig:
     dropout: float = 0.0
     dtype: str = "float32"
     identity_h_init: bool = False
+    input_adapter: str = "default"
+    attention_impl: str = "xla"
+    qkv_impl: str = "fused"
+    rope_impl: str = "rotate_half"
+    embed_impl: str = "gather"
 
     def __post_init__(self):
         def bad(key, allowed):
@@ -94,6 +120,14 @@ class DiTConfig:
             bad("dropout", "a float in [0, 1)")
         if self.identity_h_init and self.conditioning != "th":
             bad("identity_h_init", "False unless conditioning='th'")
+        checks.check_str("input_adapter", self.input_adapter)
+        wants = BUILTIN_ADAPTER_INPUTS.get(self.input_adapter, self.input)
+        if wants != self.input:
+            bad("input_adapter", f"an adapter for input={self.input!r} (the {self.input_adapter!r} adapter takes "
+                                 f"input={wants!r})")
+        for key, allowed in (("attention_impl", ATTENTION_IMPLS), ("qkv_impl", QKV_IMPLS),
+                             ("rope_impl", ROPE_IMPLS), ("embed_impl", EMBED_IMPLS)):
+            checks.check_choice(key, getattr(self, key), allowed)
 
     @property
     def head_dim(self) -> int:

@@ -6,7 +6,9 @@ tanh-GELU MLP) → FinalLayer → float32 outputs [B, L, num_classes].
 Time t is used as given: its direction is the calling method's (masked family: 0 = clean, 1 = fully masked;
 flow family: 0 = source, 1 = data; continuous seq2seq: 0 = clean, 1 = noise). The model only embeds it.
 Prefix / source positions that are never noised need nothing special: callers pass clean tokens and
-per-token t (with `per_token_time=True`) at those positions.
+per-token t (with `per_token_time=True`) at those positions. Padding: cond["padding_mask"] [B, L] (True/1 = real
+token) hides padded keys from every attention layer; positions are absolute, so with padding at the END the
+real positions compute exactly what the unpadded shorter sequence computes.
 
 Use it through the functional seam in `dlm_jax.models` (`build_model` / `make_apply`), not by calling the
 module per step.
@@ -21,13 +23,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dlm_jax.models.adapters import SelfCondProjection, default_input_adapter
+from dlm_jax import checks
+from dlm_jax.models.adapters import SelfCondProjection, make_input_adapter
 from dlm_jax.models.attention import rotary_cos_sin
 from dlm_jax.models.blocks import DiTBlock, FinalLayer
 from dlm_jax.models.conditioning import Conditioner
 from dlm_jax.models.config import DiTConfig
 
-COND_KEYS = ("t", "h", "self_cond")
+COND_KEYS = ("t", "h", "self_cond", "padding_mask")
 
 
 def _shape(a) -> tuple[int, ...]:
@@ -95,6 +98,23 @@ def validate_inputs(config: DiTConfig, x, cond) -> None:
             raise ValueError("cond['self_cond']: given; expected none with self_cond_dim=0")
         if _shape(sc) != want:
             raise ValueError(f"cond['self_cond']: shape {_shape(sc)}; expected {list(want)}")
+    pm = cond.get("padding_mask")
+    if pm is not None:
+        _validate_padding_mask(pm, b, length)
+
+
+def _validate_padding_mask(pm, b: int, length: int) -> None:
+    """[B, L] of bool or 0/1 numbers (values checked only on concrete arrays)."""
+    key = "cond['padding_mask']"
+    if _shape(pm) != (b, length):
+        checks.fail(key, _shape(pm), f"shape {[b, length]} ([B, L] of x), True/1 = real token")
+    dt = _dtype(pm)
+    if not (dt == jnp.bool_ or jnp.issubdtype(dt, jnp.integer) or jnp.issubdtype(dt, jnp.floating)):
+        checks.fail(key, str(dt), "a bool or numeric dtype (True/1 = real token, False/0 = padding)")
+    if dt != jnp.bool_ and _is_concrete(pm):
+        bad = sorted(set(np.unique(np.asarray(pm)).tolist()) - {0, 1})
+        if bad:
+            checks.fail(key, bad[:3], "values 0 or 1 (1 = real token), or a bool array")
 
 
 def _as_time(v, b: int) -> jax.Array:
@@ -104,12 +124,11 @@ def _as_time(v, b: int) -> jax.Array:
 
 
 class DiT(nnx.Module):
-    """DiT denoiser. `input_adapter`: optional factory `(config, rngs) -> nnx.Module` (see adapters.py)."""
+    """DiT denoiser; its input adapter is `config.input_adapter`, looked up in adapters.py's registry."""
 
-    def __init__(self, config: DiTConfig, *, rngs: nnx.Rngs, input_adapter=None):
+    def __init__(self, config: DiTConfig, *, rngs: nnx.Rngs):
         self.config = config
-        factory = input_adapter or default_input_adapter
-        self.adapter = factory(config, rngs)
+        self.adapter = make_input_adapter(config, rngs)
         self.self_cond = (SelfCondProjection(config.self_cond_dim, config.width, rngs=rngs)
                           if config.self_cond_dim else None)
         self.cond = Conditioner(config.cond_dim, config.conditioning, identity_init=config.identity_h_init,
@@ -118,8 +137,8 @@ class DiT(nnx.Module):
         self.final = FinalLayer(config, rngs=rngs)
 
     def __call__(self, x, cond=None, *, dropout_rng=None) -> jax.Array:
-        """Outputs float32 [B, L, num_classes]. cond: {"t": [B] | [B, L], "h": ..., "self_cond": [B, L, d]};
-        t and h are raw values in [0, 1], in the calling method's time direction."""
+        """Outputs float32 [B, L, num_classes]. cond: {"t": [B] | [B, L], "h": ..., "self_cond": [B, L, d],
+        "padding_mask": [B, L]}; t and h are raw values in [0, 1], in the calling method's time direction."""
         cfg = self.config
         validate_inputs(cfg, x, cond)
         cond = dict(cond or {})
@@ -139,9 +158,11 @@ class DiT(nnx.Module):
         if hh is not None and hh.shape[1] != t.shape[1]:
             t, hh = jnp.broadcast_arrays(t, hh)
         c = self.cond(t, hh)
+        pm = cond.get("padding_mask")
+        key_mask = None if pm is None else jnp.asarray(pm) != 0  # absent = all real: no mask at all
 
         cos, sin = rotary_cos_sin(length, cfg.head_dim)
         for i, block in enumerate(self.blocks):
             rng = None if dropout_rng is None or cfg.dropout == 0.0 else jax.random.fold_in(dropout_rng, i)
-            h = block(h, c, cos, sin, rng)
+            h = block(h, c, cos, sin, rng, key_mask)
         return self.final(h, c)

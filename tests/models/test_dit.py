@@ -19,7 +19,6 @@ from dlm_jax.models import (
 )
 from dlm_jax.models.attention import Attention, rotary_cos_sin
 from dlm_jax.models.conditioning import identity_fuse_kernel
-from dlm_jax.models.layers import make_param, torch_uniform
 
 B, L = 2, 8
 BASE = dict(vocab_size=11, num_classes=10, width=32, depth=2, heads=4, cond_dim=16, max_len=16)
@@ -264,27 +263,6 @@ def test_vector_input_and_self_conditioning():
     assert maxdiff(base, apply(p, x, {"t": T, "self_cond": jnp.zeros((B, L, 5))})) < 1e-6
     assert maxdiff(base, apply(p, x, {"t": T, "self_cond": sc})) > 1e-3
     assert maxdiff(base, apply(p, x * 1.5, {"t": T})) > 1e-3
-
-
-class OneHotAdapter(nnx.Module):
-    """Custom adapter for the hook: one_hot(x) @ W, numerically an embedding lookup."""
-
-    def __init__(self, config, rngs):
-        self.table = make_param(rngs, torch_uniform(4), (config.vocab_size, config.width), ("vocab", "embed"))
-
-    def __call__(self, x):
-        return jax.nn.one_hot(x, self.table.shape[0]) @ self.table[...]
-
-
-def test_custom_input_adapter_hook():
-    apply, p = model(cfg())
-    gc, pc = build_model(cfg(), 0, input_adapter=OneHotAdapter)
-    pc = jax.tree_util.tree_map_with_path(
-        lambda path, v: p["adapter"]["embedding"][...] if "table" in jax.tree_util.keystr(path) else v, pc)
-    pc["blocks"], pc["final"], pc["cond"] = p["blocks"], p["final"], p["cond"]
-    a = apply(p, tokens(), {"t": T})
-    b = jax.jit(make_apply(gc))(pc, tokens(), {"t": T})
-    assert maxdiff(a, b) < 1e-5 and float(jnp.max(jnp.abs(a))) > 1e-2
 
 
 def test_dropout_uses_explicit_rng():
