@@ -21,13 +21,11 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     c.seed = 0
     c.workdir = "runs/demo" if arg == "demo" else "runs/demo_tiny"
 
-    c.data = ml_collections.ConfigDict()
-    c.data.source = "stdlib"
-    c.data.tokenizer_vocab_size = 1024
-    c.data.seq_len = 128 if arg == "demo" else 64
+    c.data = config_blocks.data(seq_len=128 if arg == "demo" else 64, source="stdlib", tokenizer_vocab_size=1024)
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "dit"
+    c.model.vocab_size = config_blocks.vocab_size()  # None: the tokenizer's
     c.model.width = 128 if arg == "demo" else 64
     c.model.depth = 4 if arg == "demo" else 2
     c.model.heads = 4 if arg == "demo" else 2

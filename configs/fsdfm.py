@@ -42,21 +42,15 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     c.workdir = f"runs/fsdfm_{name}{suffix}"
     teacher_workdir = f"runs/fsdfm_teacher_{scale}{suffix}"
 
-    c.data = ml_collections.ConfigDict()
-    if scale == "paper":
-        c.data.source = "tfds"  # FineWeb-Edu in the paper: point tfds_name / tfds_data_dir at a prepared copy
-        c.data.tfds_name = "fineweb_edu"
-        c.data.tokenizer_vocab_size = 50257
-        c.data.seq_len = 1024
+    if scale == "paper":  # FineWeb-Edu in the paper: point tfds_name / tfds_data_dir at a prepared copy
+        c.data = config_blocks.data(seq_len=1024, source="tfds", tfds_name="fineweb_edu", tokenizer_vocab_size=50257)
     else:
-        c.data.source = "markov"
-        c.data.markov_vocab = 8
-        c.data.markov_seed = 0
-        c.data.markov_concentration = 0.5
-        c.data.seq_len = 16 if scale == "tiny" else 32
+        c.data = config_blocks.data(seq_len=16 if scale == "tiny" else 32, source="markov", markov_vocab=8,
+                                    markov_seed=0, markov_concentration=0.5)
 
     c.model = ml_collections.ConfigDict(_sizes(scale))
     c.model.name = "dit"
+    c.model.vocab_size = config_blocks.vocab_size()
     c.model.max_len = c.data.seq_len
     c.model.conditioning = "t" if teacher else "th"
     c.model.dropout = 0.0

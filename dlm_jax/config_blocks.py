@@ -8,7 +8,23 @@ from __future__ import annotations
 
 import ml_collections
 
-__all__ = ["mesh", "checkpoint", "evals", "init_from", "sample"]
+__all__ = ["data", "vocab_size", "mesh", "checkpoint", "evals", "init_from", "sample"]
+
+
+def data(seq_len: int, **overrides) -> ml_collections.ConfigDict:
+    """Every data key a user may set (``dlm_jax.data.registry.default_data_config``: source, files,
+    TFDS name and splits, tokenizer, Markov language, shuffling), plus ``seq_len``."""
+    from dlm_jax.data.registry import default_data_config
+
+    c = default_data_config()
+    c.seq_len = seq_len
+    c.update(overrides)
+    return c
+
+
+def vocab_size(value: int | None = None):
+    """``model.vocab_size`` (V clean tokens): None = the tokenizer's, settable as an int."""
+    return ml_collections.config_dict.placeholder(int) if value is None else value
 
 
 def mesh(**overrides) -> ml_collections.ConfigDict:

@@ -52,6 +52,7 @@ class Method:
     evaluate: Callable[..., Metrics]
     sample: Callable[..., tuple[Any, Metrics]]
     init_extra: Callable[[Any], Any] = _no_extra
+    samplers: tuple[str, ...] = ()  # the sampler names ``sample`` accepts (empty: any)
 
 
 def masked_mean(values, loss_mask=None):

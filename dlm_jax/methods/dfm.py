@@ -233,4 +233,10 @@ def build(config, apply_fn: Callable) -> Method:
         return fn(denoise_fn(apply_fn, params, vocab_size), rng, num_samples=num_samples, length=length,
                   steps=steps, vocab_size=vocab_size, **kw)
 
-    return Method(name="dfm", loss=loss, evaluate=evaluate, sample=sample)
+    return Method(name="dfm", loss=loss, evaluate=evaluate, sample=sample, samplers=_family("FLOW"))
+
+
+def _family(name: str) -> tuple[str, ...]:
+    from dlm_jax import samplers
+
+    return getattr(samplers, name)

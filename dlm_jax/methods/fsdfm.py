@@ -201,5 +201,11 @@ def build(config, apply_fn: Callable, *, inputs: dict | None = None) -> Method:
         denoise = dfm.denoise_fn(apply_fn, params, vocab_size, h_conditioned=True)
         return fn(denoise, rng, num_samples=num_samples, length=length, steps=steps, vocab_size=vocab_size, **kw)
 
-    return Method(name="fsdfm", loss=loss, evaluate=evaluate, sample=sample, init_extra=init_extra)
+    return Method(name="fsdfm", loss=loss, evaluate=evaluate, sample=sample, init_extra=init_extra,
+                  samplers=_family("FLOW"))
 
+
+def _family(name: str) -> tuple[str, ...]:
+    from dlm_jax import samplers
+
+    return getattr(samplers, name)

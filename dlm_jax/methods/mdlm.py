@@ -242,4 +242,10 @@ def build(config, apply_fn: Callable) -> Method:
         # Masked samplers take the mask id to be ``vocab_size`` (docs/ARCHITECTURE.md).
         return fn(denoise, rng, num_samples=num_samples, length=length, steps=steps, vocab_size=vocab_size, **kw)
 
-    return Method(name="mdlm", loss=loss, evaluate=evaluate, sample=sample)
+    return Method(name="mdlm", loss=loss, evaluate=evaluate, sample=sample, samplers=_family("MASKED"))
+
+
+def _family(name: str) -> tuple[str, ...]:
+    from dlm_jax import samplers
+
+    return getattr(samplers, name)

@@ -27,7 +27,8 @@ No Param uses one name twice, but "cond" and "embed" share the adaLN kernels ([c
 
 Models by name: `registry.build(config, spec)` (``config.model.name``; see `registry.py`).
 
-Param layout (names of the nnx.State; weights stored [in..., out...]):
+Param layout (names of the nnx.State; weights stored [in..., out...]; `adapter.*` depends on
+`config.input_adapter`, a name from `register_input_adapter`):
 adapter.embedding [V, W] (tokens) | adapter.proj.{kernel [d, W], bias} (vectors); self_cond.proj.kernel;
 cond.t_embed.{mlp_in, mlp_out}, and for "th" cond.h_embed, cond.fuse; blocks[i].{norm1.scale,
 attn.qkv.kernel [W, 3, H, D], attn.out.kernel [H, D, W], norm2.scale, mlp.fc_in, mlp.fc_out,
@@ -35,7 +36,8 @@ adaln.{kernel [cond, 6, W], bias [6, W]}, fuse.proj ("th")}; final.{norm.scale, 
 linear [W, C], fuse.proj ("th")}.
 """
 
-from dlm_jax.models.adapters import SelfCondProjection, TokenEmbedding, VectorAdapter, default_input_adapter
+from dlm_jax.models.adapters import (SelfCondProjection, TokenEmbedding, VectorAdapter, default_input_adapter,
+                                     input_adapter_names, register_input_adapter)
 from dlm_jax.models.api import abstract_model, build_model, count_params, make_apply, make_init
 from dlm_jax.models.config import DiTConfig
 from dlm_jax.models.dit import DiT, validate_inputs
@@ -56,8 +58,10 @@ __all__ = [
     "count_params",
     "default_input_adapter",
     "init_student_from_teacher",
+    "input_adapter_names",
     "make_apply",
     "make_init",
+    "register_input_adapter",
     "register_model",
     "validate_inputs",
 ]

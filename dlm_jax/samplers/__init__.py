@@ -30,7 +30,11 @@ SAMPLERS: dict[str, str] = {
     "dfm_euler": "dlm_jax.samplers.jump:sample_dfm_euler",
 }
 
-__all__ = ["SAMPLERS", "get_sampler"]
+# Families: which samplers drive a denoiser of which kind (a method lists its family's names).
+MASKED = ("mdlm", "mdlm_cache", "remdm_cap", "remdm_rescale", "remdm_conf", "remdm_loop", "remdm", "llada", "fef")
+FLOW = ("fsdfm", "dfm_euler")
+
+__all__ = ["SAMPLERS", "MASKED", "FLOW", "get_sampler"]
 
 
 def get_sampler(name: str) -> Callable:

@@ -266,6 +266,8 @@ def train(config, workdir: str, *, data_fn: Callable | None = None) -> dict[str,
         init_params, inputs = init_from.initializer(config, model, mesh)
         state, _ = state_lib.create_train_state(init_params, *base[1:], inputs=inputs)
     start = int(jax.device_get(state.step))
+    if start >= total and pid == 0:
+        print(f"{workdir} is already trained to step {start} (train.steps={total}): nothing to train", flush=True)
 
     with jax.set_mesh(mesh):
         # Steps.
