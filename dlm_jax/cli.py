@@ -18,8 +18,10 @@ import os
 import re
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
+
+from dlm_jax import cli_args
 
 COMMANDS = ("train", "sample", "eval")
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,8 +49,9 @@ def _normalise(argv: list[str]) -> list[str]:
 def _print_samples(run, steps_list, sampler, num_samples, seed, out):
     from dlm_jax.eval import generate as gen
 
+    cli_args.check_sampler_family(sampler, run)
     rows = []
-    for steps in steps_list:
+    for steps in cli_args.parse_steps(steps_list):
         tokens, info = gen.generate(run, steps=int(steps), sampler=sampler, num_samples=num_samples, seed=seed)
         texts = gen.decode(run, tokens)
         name = sampler or run.config.sample.get("sampler", "default")
@@ -98,13 +101,9 @@ def _print_eval(run, batches, seed, names=None):
     return metrics
 
 
-def _run(argv: list[str]) -> None:
-    if len(argv) < 2 or argv[1] not in COMMANDS:
-        got = argv[1] if len(argv) > 1 else None
-        raise app.UsageError(f"command: {got!r}; expected one of {COMMANDS}")
-    if len(argv) > 2:
-        raise app.UsageError(f"unexpected arguments: {argv[2:]}")
-    command = argv[1]
+def _run(command: str) -> int:
+    """Run ``command`` with the parsed flags; returns the exit code."""
+    cli_args.check_args(command, FLAGS)
     if not FLAGS["verbosity"].present:  # Orbax/absl INFO lines drown the progress bar
         logging.set_verbosity(logging.ERROR)
     from dlm_jax import runs
@@ -114,45 +113,63 @@ def _run(argv: list[str]) -> None:
 
         config = _CONFIG.value
         workdir = FLAGS.workdir or config.get("workdir", None) or "runs/default"
+        cli_args.check_train_workdir(workdir)
         result = loop.train(config, workdir)
         if result["preempted"]:
-            return
+            return cli_args.EXIT_PREEMPTED
         import jax
 
         if "sample" not in config:
-            return
+            return 0
         if jax.process_count() > 1:  # sampling below is single-process; never leave peers waiting
             if jax.process_index() == 0:
                 print(f"trained {workdir}; sample with `python -m dlm_jax sample --workdir {workdir}`")
-            return
+            return 0
         run = runs.load_run(workdir, use_ema=FLAGS.ema)
         steps = FLAGS.steps or list(config.sample.get("steps", (8,)))
         _print_samples(run, steps, FLAGS.sampler, FLAGS.num_samples or config.sample.get("num_samples", 2),
                        FLAGS.seed, FLAGS.out)
         _print_eval(run, FLAGS.batches, FLAGS.seed, FLAGS.evals)
-        return
+        return 0
 
-    if not FLAGS.workdir:
-        raise app.UsageError(f"--workdir: None; expected the run directory for `{command}`")
     run = runs.load_run(FLAGS.workdir, use_ema=FLAGS.ema)
     if command == "sample":
         steps = FLAGS.steps or list(run.config.get("sample", {}).get("steps", (8,)))
         _print_samples(run, steps, FLAGS.sampler, FLAGS.num_samples or 4, FLAGS.seed, FLAGS.out)
     else:
         _print_eval(run, FLAGS.batches, FLAGS.seed, FLAGS.evals)
+    return 0
 
 
-def _run_reporting_errors(argv: list[str]) -> None:
-    """Bad input is a one-line message and exit status 2 (set DLM_JAX_TRACEBACK=1 for the trace)."""
-    try:
-        _run(argv)
-    except ValueError as e:
-        if os.environ.get("DLM_JAX_TRACEBACK"):
-            raise
-        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
-        sys.exit(2)
+def _fail(line: str) -> None:
+    print(f"error: {line}", file=sys.stderr)
+    sys.exit(cli_args.EXIT_BAD_INPUT)
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Parse, check, run. Bad input is one line on stderr and exit status 2 (DLM_JAX_TRACEBACK=1
+    shows the trace); ``-h``/``--help`` lists the command's flags, configs and presets."""
     argv = _normalise(list(sys.argv if argv is None else argv))
-    app.run(_run_reporting_errors, argv=argv)
+    command = argv[1] if len(argv) > 1 and not argv[1].startswith("-") else None
+    if any(a in ("-h", "--help", "-help", "--helpshort") for a in argv[1:]) or len(argv) == 1:
+        print(cli_args.help_text(command, FLAGS))
+        sys.exit(0 if len(argv) > 1 else cli_args.EXIT_BAD_INPUT)
+    if command not in COMMANDS:
+        _fail(f"command: {command!r}; expected one of {COMMANDS} (see --help)")
+    try:
+        rest = FLAGS(argv)
+        if command == "train":
+            _CONFIG.value.keys()  # the config file and its overrides load (or fail) here
+    except Exception as e:  # noqa: BLE001 - absl/ml_collections parse errors of every kind
+        if os.environ.get("DLM_JAX_TRACEBACK"):
+            raise
+        _fail(cli_args.parse_error_line(e, argv))
+    if len(rest) > 2:
+        _fail(f"arguments: {rest[2:]}; expected only flags after `{command}` (see --help)")
+    try:
+        code = _run(command)
+    except ValueError as e:
+        if os.environ.get("DLM_JAX_TRACEBACK"):
+            raise
+        _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    sys.exit(code)
