@@ -89,7 +89,7 @@ def dit_config(p, dtype: str, switches=None):
 
 
 class JaxBench:
-    def __init__(self, p, dtype: str, donate: bool = True, switches=None):
+    def __init__(self, p, dtype: str, donate: bool = True, switches=None, guard: bool = True):
         from dlm_jax.methods import mdlm
         from dlm_jax.models import build_model, count_params, make_apply
         from dlm_jax import mesh as mesh_lib
@@ -109,7 +109,8 @@ class JaxBench:
             init_params, self.optimizer, self.method.init_extra, 0, self.mesh, "dp")
         with jax.set_mesh(self.mesh):
             self.step_fn = step_lib.make_train_step(self.method, self.cfg.train, mesh=self.mesh,
-                                                    state_shardings=shards, total_steps=10_000, donate=donate)
+                                                    state_shardings=shards, total_steps=10_000, donate=donate,
+                                                    nonfinite_guard=guard)
         self.n_params = count_params(self.state.params)
         self.graphdef = graphdef
         rng = np.random.default_rng(0)
@@ -253,6 +254,8 @@ def main(argv=None):
                          "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1 (default: each "
                          "framework's own, i.e. all cores)")
     ap.add_argument("--json", default=None, help="write results here")
+    ap.add_argument("--guard-cost", action="store_true",
+                    help="JAX only: time the step with and without the non-finite guard, interleaved")
     args = ap.parse_args(argv)
 
     variants = [v for v in args.variant.split(",") if v]
@@ -299,6 +302,18 @@ def main(argv=None):
             tb = TorchBench(p, jb.tokens_np)
             if tb.n_params != jb.n_params:
                 raise AssertionError(f"torch twin has {tb.n_params} params; JAX DiT has {jb.n_params}")
+        if args.guard_cost:
+            off = JaxBench(p, args.dtype, donate=not args.no_donate, switches=variant_fields(variants), guard=False)
+            jb.compile(), off.compile()
+            jb.run(2), off.run(2)
+            times = interleaved({"guard": jb.run, "no_guard": off.run}, args.repeats, args.steps)
+            row.update({f"{k}_ms": 1e3 * statistics.median(v) for k, v in times.items()})
+            row["guard_over_no_guard"] = row["guard_ms"] / row["no_guard_ms"]
+            print(f"{name}: step with the non-finite guard {row['guard_ms']:.1f} ms, without "
+                  f"{row['no_guard_ms']:.1f} ms: ratio {row['guard_over_no_guard']:.3f} "
+                  f"(medians of {args.repeats} interleaved repeats)", flush=True)
+            results.append(row)
+            continue
         if not args.breakdown_only:
             row["compile_s"] = jb.compile()
             jb.run(2)  # warm-up

@@ -239,3 +239,31 @@ def test_unknown_registry_names(tmp_path, section, key, value, match):
     cfg[section][key] = value
     with pytest.raises(ValueError, match=match):
         loop.train(cfg, str(tmp_path))
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_logs_each_step_once(straight, tmp_path):
+    """A run killed with SIGKILL after its step-3 checkpoint (steps 4.. logged, not saved) and
+    resumed writes metrics.jsonl with every step exactly once, equal to the straight run's."""
+    ref_dir, ref_losses, _ = straight
+    workdir = str(tmp_path)
+    proc = _worker(dict(mode="train", devices=8, workdir=workdir, sleep=1.0,
+                        train=dict(eval_every=3), checkpoint=dict(every=3)))
+    metrics = os.path.join(workdir, "metrics.jsonl")
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        steps = [json.loads(x)["step"] for x in open(metrics)] if os.path.exists(metrics) else []
+        if any(s >= 4 for s in steps) and os.path.isdir(os.path.join(workdir, "checkpoints", "3")):
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    killed_at = max(json.loads(x)["step"] for x in open(metrics))
+    assert killed_at >= 4
+    out = loop.train(_tiny.tiny_config(eval_every=3), workdir, **COMPONENTS)
+    assert out["step"] == 6
+    rows = [json.loads(x) for x in open(metrics)]
+    train_steps = [r["step"] for r in rows if "loss" in r]
+    assert train_steps == [1, 2, 3, 4, 5, 6], train_steps  # no step twice
+    assert [r["step"] for r in rows if "eval/nll" in r] == [3, 6]
+    assert _losses(workdir) == ref_losses
