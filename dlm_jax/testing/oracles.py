@@ -16,6 +16,7 @@ Both expose the same protocol:
 ``posteriors(log_evidence)``   ``[..., L, V]`` log-evidence -> ``[..., L, V]`` posterior marginals;
 ``masked_posteriors(z, m)``    posteriors when tokens equal to ``m`` are masked, the rest observed;
 ``denoise_fn(m)``              a sampler-ready ``(z [B,L], t) -> log-probs [B,L,V]`` callable;
+``dsl_denoise_fn(lang, e)``    the exact DSL denoiser ``z [B,L,d] -> log p(x^ℓ | z) [B,L,V]`` (module level);
 ``sample(key, n)``             exact draws ``[n, L]``;
 ``entropy()``                  exact ``H(p*)`` in nats.
 
@@ -42,6 +43,7 @@ __all__ = [
     "all_sequences",
     "empirical_law",
     "total_variation",
+    "dsl_denoise_fn",
 ]
 
 
@@ -72,6 +74,22 @@ def empirical_law(samples: np.ndarray, vocab_size: int) -> np.ndarray:
 def total_variation(p: np.ndarray, q: np.ndarray) -> float:
     """½ Σ |p − q|."""
     return 0.5 * float(np.abs(np.asarray(p, np.float64) - np.asarray(q, np.float64)).sum())
+
+
+def dsl_denoise_fn(lang, anchors) -> DenoiseFn:
+    """Exact DSL denoiser (METHODS §4.1): ``(z [B, L, d], *unused) -> log p(x^ℓ | z) [B, L, V]``
+    with soft evidence ``⟨z_ℓ, e(v)⟩`` (= ``processes.localization.log_evidence``). No SNR
+    input: with unit-norm ``anchors [V, d]`` the posterior does not depend on it (s = 0 is
+    "[MASK]", large s is clean)."""
+    anchors = jnp.asarray(anchors)
+    if anchors.ndim != 2 or anchors.shape[0] != lang.vocab_size:
+        raise ValueError(f"anchors: shape {anchors.shape}; expected [{lang.vocab_size}, d]")
+
+    def fn(z, *_, **__):
+        ev = jnp.einsum("...d,vd->...v", z, anchors.astype(jnp.result_type(z)))
+        return jnp.log(lang.posteriors(ev))
+
+    return fn
 
 
 class _ExactLanguage:
