@@ -1,0 +1,127 @@
+"""Import a checkpoint from a layout's files into a workdir that reads as if it was trained here.
+
+``import_checkpoint(src, fmt, workdir, **options)``:
+
+1. checks the format, the options and the target (a new or empty directory) — before reading;
+2. reads the files into own-named float32 arrays (``own_format`` / ``dit_formats`` /
+   ``llada_layout``; JSON configs only, pickles weights-only), every key, shape and dtype checked;
+3. builds the trainer's config (``run_config.build_config``), the model through the registry and
+   the method (which writes its defaults back), and fills the model's params (names, shapes and
+   dtypes checked again against the model itself);
+4. writes ``<workdir>/checkpoints/<step>/`` through ``runs.checkpoint.Checkpointer`` — items
+   ``state`` (``{"step", "params", "ema_params"}``; EMA = the params unless the files carry an
+   EMA) and ``meta`` (the config) — into a temporary sibling directory renamed into place, so a
+   failure leaves nothing at ``workdir``.
+
+``runs.load_run`` / ``load_params``, ``python -m dlm_jax sample|eval --workdir`` and
+``config.init_from = {workdir: ...}`` read the result; resuming training *in* it is refused by the
+trainer (no optimizer state): fine-tune through ``init_from`` instead.
+
+Options: every format takes ``seq_len`` (default ``min(max_len, 1024)``), ``data`` (overrides of
+``config.data``) and ``seed``; ``fsdfm`` also ``model`` (teacher / student / student_ema),
+``source`` (mask / uniform, required), ``heads`` (default width // 64) and ``max_len`` (1024).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+
+from dlm_jax import checks
+from dlm_jax.export import FORMATS, dit_formats, own_format
+from dlm_jax.export.files import Checkpoint
+from dlm_jax.export.params import unflatten
+from dlm_jax.export.run_config import build_config
+
+COMMON_OPTIONS = ("seq_len", "data", "seed")
+FORMAT_OPTIONS = {"dlm_jax": (), "mdlm": (), "fsdfm": ("model", "source", "heads", "max_len"), "llada": ()}
+
+__all__ = ["import_checkpoint", "read_checkpoint", "check_new_dir", "COMMON_OPTIONS", "FORMAT_OPTIONS"]
+
+
+def check_new_dir(path: str, key: str) -> str:
+    """``path`` as an absolute path that does not exist yet (or is an empty directory) in a
+    writable parent; one-line error otherwise (nothing is ever overwritten)."""
+    checks.check_str(key, path)
+    path = os.path.abspath(path)
+    if os.path.exists(path) and not (os.path.isdir(path) and not os.listdir(path)):
+        checks.fail(key, path, "a new or empty directory (nothing is overwritten)")
+    parent = os.path.dirname(path)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+        checks.fail(key, path, "a path in an existing, writable directory")
+    return path
+
+
+def read_checkpoint(src: str, fmt: str, **options) -> Checkpoint:
+    """The checkpoint at ``src`` in format ``fmt`` (own names, float32), fully checked."""
+    checks.check_choice("--format", fmt, FORMATS)
+    checks.check_str("--from", src)
+    if fmt == "dlm_jax":
+        return own_format.read_own(src)
+    if fmt == "mdlm":
+        return dit_formats.read_mdlm(src)
+    if fmt == "fsdfm":
+        return dit_formats.read_fsdfm(src, **options)
+    from dlm_jax.export import llada_layout
+
+    return llada_layout.read_llada(src)
+
+
+def _check_tokenizer(config, vocab_size: int) -> None:
+    """The data config's tokenizer must load without training and have exactly V tokens."""
+    from dlm_jax.data.pipeline import train_or_load_tokenizer
+    from dlm_jax.data.registry import get_source
+
+    if get_source(config.data.source).tokenizer is None and not config.data.get("tokenizer_path", ""):
+        checks.fail("data.tokenizer_path", config.data.get("tokenizer_path", ""), f"a tokenizer of {vocab_size} tokens "
+                    "for an imported model (or no data override: token ids through the markov source)")
+    tok = train_or_load_tokenizer(config.data, None)
+    if tok.vocab_size != vocab_size:
+        checks.fail("tokenizer vocab_size", tok.vocab_size, f"{vocab_size}, the checkpoint's clean vocabulary")
+
+
+def _write(workdir: str, step: int, state: dict, config) -> None:
+    from dlm_jax.runs.checkpoint import Checkpointer
+
+    tmp = f"{workdir}.importing-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        ck = Checkpointer(tmp, every=1, keep=1, async_save=False)
+        ck.save(step, state, None, config)
+        ck.close()
+        if os.path.isdir(workdir):
+            os.rmdir(workdir)  # empty (checked): replaced by the finished directory
+        os.rename(tmp, workdir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def import_checkpoint(src: str, fmt: str, workdir: str, **options) -> dict:
+    """Write ``src`` (format ``fmt``) as a dlm_jax run in ``workdir``; returns a summary dict."""
+    checks.check_choice("--format", fmt, FORMATS)
+    allowed = COMMON_OPTIONS + FORMAT_OPTIONS[fmt]
+    for key in options:
+        if key not in allowed:
+            checks.fail(f"import option {key}", options[key], f"options of format {fmt!r}: one of {allowed}")
+    workdir = check_new_dir(workdir, "--workdir")
+    fmt_options = {k: v for k, v in options.items() if k in FORMAT_OPTIONS[fmt] and v is not None}
+    ckpt = read_checkpoint(src, fmt, **fmt_options)
+    config = build_config(ckpt, workdir, seq_len=options.get("seq_len"), data=options.get("data"),
+                          seed=options.get("seed", 0) or 0)
+    from dlm_jax.methods.base import build_method
+    from dlm_jax.runs.workdir import build_model
+
+    model = build_model(config)
+    build_method(config, model.apply, inputs={})  # validates the method and writes its defaults back
+    if options.get("data"):
+        _check_tokenizer(config, ckpt.vocab_size)
+    params = unflatten(ckpt.params, model, what=f"{fmt} checkpoint")
+    ema = params if ckpt.ema_params is None else unflatten(ckpt.ema_params, model, what=f"{fmt} checkpoint (EMA)")
+    state = {"step": jnp.asarray(ckpt.step, jnp.int32), "params": params, "ema_params": ema}
+    _write(workdir, ckpt.step, state, config)
+    return {"workdir": workdir, "step": ckpt.step, "format": fmt, "model": model.name,
+            "method": config.method.name, "vocab_size": ckpt.vocab_size,
+            "num_params": int(sum(x.size for x in jax.tree.leaves(params)))}
