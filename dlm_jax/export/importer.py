@@ -31,15 +31,15 @@ import jax
 import jax.numpy as jnp
 
 from dlm_jax import checks
-from dlm_jax.export import FORMATS, dit_formats, own_format
-from dlm_jax.export.files import Checkpoint
+from dlm_jax.export import FORMATS
+from dlm_jax.export.formats import read_checkpoint
 from dlm_jax.export.params import unflatten
 from dlm_jax.export.run_config import build_config
 
 COMMON_OPTIONS = ("seq_len", "data", "seed")
 FORMAT_OPTIONS = {"dlm_jax": (), "mdlm": (), "fsdfm": ("model", "source", "heads", "max_len"), "llada": ()}
 
-__all__ = ["import_checkpoint", "read_checkpoint", "check_new_dir", "COMMON_OPTIONS", "FORMAT_OPTIONS"]
+__all__ = ["import_checkpoint", "check_new_dir", "COMMON_OPTIONS", "FORMAT_OPTIONS"]
 
 
 def check_new_dir(path: str, key: str) -> str:
@@ -53,21 +53,6 @@ def check_new_dir(path: str, key: str) -> str:
     if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
         checks.fail(key, path, "a path in an existing, writable directory")
     return path
-
-
-def read_checkpoint(src: str, fmt: str, **options) -> Checkpoint:
-    """The checkpoint at ``src`` in format ``fmt`` (own names, float32), fully checked."""
-    checks.check_choice("--format", fmt, FORMATS)
-    checks.check_str("--from", src)
-    if fmt == "dlm_jax":
-        return own_format.read_own(src)
-    if fmt == "mdlm":
-        return dit_formats.read_mdlm(src)
-    if fmt == "fsdfm":
-        return dit_formats.read_fsdfm(src, **options)
-    from dlm_jax.export import llada_layout
-
-    return llada_layout.read_llada(src)
 
 
 def _check_tokenizer(config, vocab_size: int) -> None:
