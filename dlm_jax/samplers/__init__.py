@@ -28,13 +28,18 @@ SAMPLERS: dict[str, str] = {
     "fef": "dlm_jax.samplers.speculative:sample_fef",
     "fsdfm": "dlm_jax.samplers.jump:sample_fsdfm",
     "dfm_euler": "dlm_jax.samplers.jump:sample_dfm_euler",
+    "dsl_remdm_loop": "dlm_jax.samplers.localization:sample_dsl_remdm_loop",
+    "dsl_roar": "dlm_jax.samplers.localization:sample_dsl_roar",
+    "dsl_sde": "dlm_jax.samplers.localization_sde:sample_dsl_sde",
+    "dsl_hybrid": "dlm_jax.samplers.localization_sde:sample_dsl_hybrid",
 }
 
 # Families: which samplers drive a denoiser of which kind (a method lists its family's names).
 MASKED = ("mdlm", "mdlm_cache", "remdm_cap", "remdm_rescale", "remdm_conf", "remdm_loop", "remdm", "llada", "fef")
 FLOW = ("fsdfm", "dfm_euler")
+DSL = ("dsl_remdm_loop", "dsl_sde", "dsl_roar", "dsl_hybrid")  # denoise_fn(z [B, L, d]) and anchors=
 
-__all__ = ["SAMPLERS", "MASKED", "FLOW", "get_sampler"]
+__all__ = ["SAMPLERS", "MASKED", "FLOW", "DSL", "get_sampler"]
 
 
 def get_sampler(name: str) -> Callable:
