@@ -14,7 +14,7 @@ import _export_helpers as H
 from dlm_jax.export import dit_formats, dit_layout, exporter, files, importer
 from dlm_jax.export.params import abstract_names, flatten
 from dlm_jax.models.registry import ModelSpec, build
-from dlm_jax.runs import load_params, read_config
+from dlm_jax.runs import load_params, load_run, read_config
 
 
 def _equal_tensors(a: dict, b: dict) -> bool:
@@ -97,6 +97,10 @@ def test_fsdfm_container_round_trip(tmp_path, role, source):
     loaded = load_params(str(tmp_path / "wd"))
     assert loaded.config.method.name == ("dfm" if role == "teacher" else "fsdfm")
     assert _equal_tensors(flatten(loaded.params), ckpt.params)
+    if role == "student":  # sampled with FS-DFM's cumulative-scalar jump sampler, as imported
+        run = load_run(str(tmp_path / "wd"))
+        tokens, info = run.method.sample(run.params, jax.random.key(0), num_samples=2, steps=2, sampler="fsdfm")
+        assert np.asarray(tokens).shape == (2, 12) and np.asarray(tokens).max() < 8 and int(info["nfe"].max()) == 2
     exporter.export_run(str(tmp_path / "wd"), "fsdfm", str(tmp_path / "out.safetensors"))
     back = files.read_safetensors_file(str(tmp_path / "out.safetensors"))
     mine = {k: v for k, v in raw.items() if k.startswith(f"{role}_model.")}
