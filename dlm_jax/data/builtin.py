@@ -122,6 +122,17 @@ def _markov(cfg: dict, split: str, seq_len, seed: int) -> Examples:
     return Examples(source, FixedTokens(check_tokenizer=_MarkovTokenizerCheck(cfg["markov_vocab"])), shuffle=False)
 
 
+def _ids(cfg: dict, split: str, seq_len, seed: int) -> Examples:
+    fail("data.source", "ids", "a source with data to evaluate or train on (e.g. 'files' with data.files and "
+         "data.tokenizer_path); 'ids' only decodes samples as token ids (an imported checkpoint)")
+
+
+def _ids_tokenizer(cfg: dict):
+    from dlm_jax.data.tokenizer import MarkovTokenizer  # the identity on ids, mask id = V
+
+    return MarkovTokenizer(check_int("data.ids_vocab", cfg["ids_vocab"], min=2))
+
+
 register_source("stdlib", _stdlib, defaults=_TEXT, validate=_check_text)
 register_source("files", _files, defaults=dict(files="", **_TEXT), validate=_check_files)
 register_source("tfds", _tfds, defaults=dict(tfds_name="", tfds_split="train", tfds_val_split="validation",
@@ -130,3 +141,6 @@ register_source("tfds", _tfds, defaults=dict(tfds_name="", tfds_split="train", t
 register_source("markov", _markov, defaults=dict(markov_vocab=8, markov_seed=0, markov_concentration=0.5,
                                                  markov_num_records=None),
                 validate=_check_markov, tokenizer=_markov_tokenizer)
+# No data: samples of an imported checkpoint decode as ids until a real source and tokenizer are set.
+register_source("ids", _ids, defaults=dict(ids_vocab=None),
+                validate=lambda cfg: check_int("data.ids_vocab", cfg["ids_vocab"], min=2), tokenizer=_ids_tokenizer)

@@ -62,7 +62,7 @@ def _check_tokenizer(config, vocab_size: int) -> None:
 
     if get_source(config.data.source).tokenizer is None and not config.data.get("tokenizer_path", ""):
         checks.fail("data.tokenizer_path", config.data.get("tokenizer_path", ""), f"a tokenizer of {vocab_size} tokens "
-                    "for an imported model (or no data override: token ids through the markov source)")
+                    "for an imported model (or no data override: token ids through the 'ids' source)")
     tok = train_or_load_tokenizer(config.data, None)
     if tok.vocab_size != vocab_size:
         checks.fail("tokenizer vocab_size", tok.vocab_size, f"{vocab_size}, the checkpoint's clean vocabulary")

@@ -2,9 +2,10 @@
 
 An own-layout export carries its run config and gets it back (workdir updated). Other layouts
 get a complete trainer config: ``model`` (name, V, the checkpoint's fields), ``method`` (the one
-the checkpoint was trained with), ``data`` (default: ``source="markov"`` with ``markov_vocab =
-V``, whose tokenizer is the identity on ids — no text tokenizer is read from Hugging Face files
-yet; pass ``data`` overrides, e.g. a sentencepiece ``tokenizer_path`` of exactly V pieces),
+the checkpoint was trained with), ``data`` (default: ``source="ids"`` with ``ids_vocab = V``: no
+data, a tokenizer that is the identity on ids — no text tokenizer is read from Hugging Face files
+yet; pass ``data`` overrides, e.g. ``files`` and a sentencepiece ``tokenizer_path`` of exactly V
+pieces, to evaluate or fine-tune),
 ``train`` (fine-tuning defaults), ``mesh``, ``checkpoint``, ``evals``, ``init_from`` (off),
 ``sample`` and ``imported`` (format, source path, options). ``seq_len`` defaults to
 ``min(max_len, 1024)``.
@@ -68,7 +69,7 @@ def build_config(ckpt: Checkpoint, workdir: str, *, seq_len: int | None = None, 
     c.model = ml_collections.ConfigDict({"name": ckpt.model_name, "vocab_size": ckpt.vocab_size})
     c.model.update({k: v for k, v in ckpt.model_fields.items() if k not in SPEC_KEYS})
     c.method = ml_collections.ConfigDict(dict(ckpt.method))
-    c.data = _data_block(config_blocks.data(seq_len=seq_len, source="markov", markov_vocab=ckpt.vocab_size), data)
+    c.data = _data_block(config_blocks.data(seq_len=seq_len, source="ids", ids_vocab=ckpt.vocab_size), data)
     c.train = _train_block()
     c.mesh = config_blocks.mesh()
     c.checkpoint = config_blocks.checkpoint(every=1000, keep=2)

@@ -17,7 +17,7 @@ def _mdlm_src(tmp_path):
 
 def test_import_and_export_commands(tmp_path, capsys):
     src = _mdlm_src(tmp_path)
-    s = commands.import_command(src, "mdlm", str(tmp_path / "wd"), seq_len=8, data='{"markov_seed": 3}',
+    s = commands.import_command(src, "mdlm", str(tmp_path / "wd"), seq_len=8, data='{"num_threads": 1}',
                                 model=None, heads=None)
     assert s["vocab_size"] == 8 and "sample with `python -m dlm_jax sample --workdir" in capsys.readouterr().out
     out = commands.export_command(str(tmp_path / "wd"), "dlm_jax", str(tmp_path / "own"), max_shard_size="3KB")
