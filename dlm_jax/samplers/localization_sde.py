@@ -7,7 +7,7 @@ dynamics are ``dz = x̂(z) ds + dW`` from z = 0 at s = 0, with ``x̂(z) = Σ_v p
 state ``y = z/s`` (which localises on an anchor) they read ``dy = (x̂ − y)/s ds + dW/s``. The
 sampler integrates ``dy = (x̂ − y)/s ds + η dW/s`` with Heun on an increasing grid; η = 1 is the
 exact SL law (as the grid is refined), η < 1 a low-temperature heuristic. Because x̂ takes no
-SNR input, starting at z = 0 at any s_min is the exact process shifted by s_min (init "zero").
+SNR input, starting at z = 0 at any s_min is the exact process shifted by s_min (start "zero").
 """
 
 from __future__ import annotations
@@ -64,22 +64,22 @@ def snr_grid(grid: str, steps: int, s_min: float, s_max: float, *, max_name: str
                            np.geomspace(hi, s_max, n3 + 1)[1:]])
 
 
-def check_sde_options(*, grid, steps, s_min, s_max, eta, init, top_k, max_name="s_max", eta_name="eta"):
+def check_sde_options(*, grid, steps, s_min, s_max, eta, start, top_k, max_name="s_max", eta_name="eta"):
     """Validate the SDE options (before tracing); returns ``(grid [K+1], top_k)``."""
-    check_choice("init", init, INITS)
+    check_choice("start", start, INITS)
     check_float(eta_name, eta, min=0.0)
     if top_k is not None:
         check_int("top_k", top_k, min=1)
-    s_min = DEFAULT_S_MIN[init] if s_min is None else s_min
+    s_min = DEFAULT_S_MIN[start] if s_min is None else s_min
     return snr_grid(grid, steps, s_min, s_max, max_name=max_name), top_k
 
 
-def _init_y(key: Array, shape, init: str) -> Array:
+def _init_y(key: Array, shape, start: str) -> Array:
     """Initial ``y = z/s``: "norm" unit-norm Gaussian direction, "gaussian" N(0, I), "zero" 0."""
-    if init == "zero":
+    if start == "zero":
         return jnp.zeros(shape, jnp.float32)
     y = jax.random.normal(key, shape, jnp.float32)
-    return y / jnp.linalg.norm(y, axis=-1, keepdims=True) if init == "norm" else y
+    return y / jnp.linalg.norm(y, axis=-1, keepdims=True) if start == "norm" else y
 
 
 def sde_scan(denoise_fn, key: Array, y0: Array, z_fixed: Array, fixed: Array, anchors: Array, grid: np.ndarray, *,
@@ -104,33 +104,33 @@ def sde_scan(denoise_fn, key: Array, y0: Array, z_fixed: Array, fixed: Array, an
     return run_scan(step, y0, jnp.asarray(grid, jnp.float32))
 
 
-def _continuous_start(key, anchors, x0, fixed, s_clean, init):
+def _continuous_start(key, anchors, x0, fixed, s_clean, start):
     """``(y0 [B, L, d], z_fixed [B, L, d])``: the initial state and the fixed positions' clean
     encoding ``s_clean·e(x)`` (zero elsewhere)."""
     v = anchors.shape[0]
     e = anchors[jnp.where(x0 >= v, 0, x0)]
     z_fixed = jnp.where(fixed[..., None], s_clean * e, 0.0)
-    return _init_y(key, e.shape, init), z_fixed
+    return _init_y(key, e.shape, start), z_fixed
 
 
 def sample_dsl_sde(denoise_fn, key: Array, *, num_samples: int, length: int, steps: int, vocab_size: int, anchors,
                    fixed: Array | None = None, fixed_tokens: Array | None = None, grid: str = "sensitive",
-                   s_min: float | None = None, s_max: float = 80.0, eta: float = 0.3, init: str = "norm",
+                   s_min: float | None = None, s_max: float = 80.0, eta: float = 0.3, start: str = "norm",
                    top_k: int | None = 512) -> tuple[Array, dict]:
     """SL-SDE sampler (METHODS §4.4 d2): K = ``steps`` Heun steps of ``y = z/s`` on the SNR grid
     s_min -> s_max (s increasing = cleaner), ``x̂`` the top-k renormalised posterior mean, then
     ``tokens = argmax denoise(s_max·y)``: NFE = 2K + 1.
 
-    Defaults follow DSL-LLaDA: "sensitive" grid, "norm" init (``y0`` a random unit vector,
+    Defaults follow DSL-LLaDA: "sensitive" grid, "norm" start (``y0`` a random unit vector,
     s_min = 3), s_max = 80 (its demo; the sensitive grid needs s_max > 74), η = 0.3, top-k 512.
-    ``init="gaussian"`` (``y0 ~ N(0, I)``) defaults to s_min = 0.01, as does ``"zero"`` (z = 0:
+    ``start="gaussian"`` (``y0 ~ N(0, I)``) defaults to s_min = 0.01, as does ``"zero"`` (z = 0:
     with η = 1 the exact SL process). Fixed positions are fed ``s_max·e(x)`` (clean) throughout."""
-    grid_np, top_k = check_sde_options(grid=grid, steps=steps, s_min=s_min, s_max=s_max, eta=eta, init=init,
+    grid_np, top_k = check_sde_options(grid=grid, steps=steps, s_min=s_min, s_max=s_max, eta=eta, start=start,
                                        top_k=top_k)
     anchors, x0, fixed = prepare_dsl(denoise_fn, num_samples=num_samples, length=length, steps=steps,
                                      vocab_size=vocab_size, anchors=anchors, fixed=fixed, fixed_tokens=fixed_tokens)
     k_init, k_run = jax.random.split(key)
-    y0, z_fixed = _continuous_start(k_init, anchors, x0, fixed, float(s_max), init)
+    y0, z_fixed = _continuous_start(k_init, anchors, x0, fixed, float(s_max), start)
     y, nfe = sde_scan(denoise_fn, k_run, y0, z_fixed, fixed, anchors, grid_np, eta=float(eta), top_k=top_k)
     z = jnp.where(fixed[..., None], z_fixed, float(grid_np[-1]) * y)
     tokens = jnp.argmax(jnp.asarray(denoise_fn(z)), axis=-1).astype(jnp.int32)
@@ -141,7 +141,7 @@ def sample_dsl_hybrid(denoise_fn, key: Array, *, num_samples: int, length: int, 
                       anchors, fixed: Array | None = None, fixed_tokens: Array | None = None,
                       sde_steps: int | None = None, s_switch: float = 20.0, threshold: float = 0.9,
                       sde_grid: str = "geometric", s_min: float | None = None, sde_eta: float = 0.3,
-                      init: str = "norm", top_k: int | None = 512, discrete: str = "remdm_loop",
+                      start: str = "norm", top_k: int | None = 512, discrete: str = "remdm_loop",
                       eta: float = 0.02, t_on: float = 0.55, t_off: float = 0.05, alpha_on: float = 0.9,
                       top_p: float = 0.9, s_max: float = 100.0, encode: str = "noisy", self_correct: bool = False,
                       categorical_method: str = "auto", eps: float = 1e-5) -> tuple[Array, dict]:
@@ -149,7 +149,7 @@ def sample_dsl_hybrid(denoise_fn, key: Array, *, num_samples: int, length: int, 
     ``steps`` NFEs (T = 48 in the paper):
 
     1. K_c = ``sde_steps`` (default ``⌊steps/4⌋``) SL-SDE Heun steps (2K_c NFE; ``sde_grid``,
-       ``init``, ``sde_eta``, ``top_k`` as in ``sample_dsl_sde``) from s_min up to ``s_switch``;
+       ``start``, ``sde_eta``, ``top_k`` as in ``sample_dsl_sde``) from s_min up to ``s_switch``;
     2. the switch rule (our choice; §4.4 d4 leaves it open): one call at ``s_switch·y`` gives
        ``p``; a position is kept, as the discrete token ``argmax p``, iff ``max p >= threshold``,
        the others become masked (1 NFE);
@@ -168,14 +168,14 @@ def sample_dsl_hybrid(denoise_fn, key: Array, *, num_samples: int, length: int, 
              "+ 1 final NFE)")
     check_float("threshold", threshold, min=0.0, max=1.0)
     grid_np, top_k = check_sde_options(grid=sde_grid, steps=k_c, s_min=s_min, s_max=s_switch, eta=sde_eta,
-                                       init=init, top_k=top_k, max_name="s_switch", eta_name="sde_eta")
+                                       start=start, top_k=top_k, max_name="s_switch", eta_name="sde_eta")
     check_discrete_options(s_max=s_max, encode=encode, top_p=top_p, self_correct=self_correct,
                            categorical_method=categorical_method, discrete=discrete, eta=eta, t_on=t_on,
                            t_off=t_off, alpha_on=alpha_on, eps=eps)
     anchors, x0, fixed = prepare_dsl(denoise_fn, num_samples=num_samples, length=length, steps=steps,
                                      vocab_size=vocab_size, anchors=anchors, fixed=fixed, fixed_tokens=fixed_tokens)
     k_init, k_sde, k_disc = jax.random.split(key, 3)
-    y0, z_fixed = _continuous_start(k_init, anchors, x0, fixed, float(s_max), init)
+    y0, z_fixed = _continuous_start(k_init, anchors, x0, fixed, float(s_max), start)
     y, nfe_c = sde_scan(denoise_fn, k_sde, y0, z_fixed, fixed, anchors, grid_np, eta=float(sde_eta), top_k=top_k)
     z = jnp.where(fixed[..., None], z_fixed, float(grid_np[-1]) * y)
     logp = dsl_predictor(denoise_fn)(z)

@@ -149,7 +149,7 @@ def test_sde_with_eta_one_approaches_the_data_law():
     """Exact SL (η = 1, z = 0 start): Heun's bias at K = 4 vanishes by K = 32; the DSL-LLaDA
     defaults (η = 0.3) keep a low-temperature bias (numbers in the module docstring)."""
     law, h = LANG.law(), LANG.entropy()
-    exact = dict(eta=1.0, init="zero", grid="geometric")
+    exact = dict(eta=1.0, start="zero", grid="geometric")
     emp4, info4 = _draw("dsl_sde", steps=4, **exact)
     emp32, info32 = _draw("dsl_sde", steps=32, **exact)
     assert (int(info4["nfe"]), int(info32["nfe"])) == (9, 65)
@@ -176,11 +176,11 @@ def test_hybrid_budget_and_switch():
     """NFE = steps. Nothing confident at the switch (tiny s_switch, threshold 1): the discrete
     phase alone, whose law is the exact T_d-step chain's. Near-exact SDE phase: TV recorded."""
     law8 = _chain_law("dsl", 100.0, 8)
-    emp, info = _draw("dsl_hybrid", steps=12, sde_steps=1, init="zero", s_min=1e-3, s_switch=2e-3, threshold=1.0,
+    emp, info = _draw("dsl_hybrid", steps=12, sde_steps=1, start="zero", s_min=1e-3, s_switch=2e-3, threshold=1.0,
                       encode="clean", top_p=1.0)
     assert int(info["nfe"]) == 12 and float(info["kept"]) == 0.0
     assert total_variation(emp, law8) <= _tv_bound(law8, N)
-    emp, info = _draw("dsl_hybrid", steps=48, sde_eta=1.0, init="zero", top_p=1.0)
+    emp, info = _draw("dsl_hybrid", steps=48, sde_eta=1.0, start="zero", top_p=1.0)
     assert int(info["nfe"]) == 48 and 0.9 < float(info["kept"]) < 1.0  # 0.975
     assert total_variation(emp, LANG.law()) < 0.04  # 0.025 (exact draws: ~0.016)
 
@@ -250,7 +250,7 @@ BAD = [
     ("dsl_sde", dict(grid="linear"), r"^grid: 'linear'; expected one of \('geometric', 'sensitive'\)"),
     ("dsl_sde", dict(s_max=50.0), r"^s_min, s_max: \(3.0, 50.0\); expected s_min < 7.0 and s_max > 74.0"),
     ("dsl_sde", dict(steps=2), r"^steps: 2; expected an int >= 3 for grid 'sensitive'"),
-    ("dsl_sde", dict(init="uniform"), r"^init: 'uniform'; expected one of"),
+    ("dsl_sde", dict(start="uniform"), r"^start: 'uniform'; expected one of"),
     ("dsl_sde", dict(top_k=0), r"^top_k: 0; expected an int >= 1"),
     ("dsl_remdm_loop", dict(encode="soft"), r"^encode: 'soft'; expected one of \('noisy', 'clean'\)"),
     ("dsl_remdm_loop", dict(self_correct=1), r"^self_correct: 1; expected a bool"),
