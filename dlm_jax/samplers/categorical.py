@@ -26,6 +26,7 @@ from dlm_jax.checks import check_choice, check_float, fail
 
 Array = jax.Array
 METHODS = ("auto", "gumbel64", "two_stage", "gumbel32")
+TIES = ("index", "group")  # top-p tie rules (top_p_filter)
 
 
 def _check_method(method: str) -> str:
@@ -93,8 +94,9 @@ def _two_stage(key: Array, logits: Array) -> Array:
 
 
 def _nucleus_threshold(p: Array, top_p: float) -> Array:
-    """Smallest τ with ``Σ_j p_j 1[p_j ≥ τ] ≤ top_p`` (capped at ``max p``), by bisection on the
-    float bit pattern (monotone for non-negative floats): one O(V) masked sum per bit, no sort."""
+    """Smallest τ with ``Σ_j p_j 1[p_j ≥ τ] ≤ top_p`` (above ``max p`` when no tie group fits),
+    by bisection on the float bit pattern (monotone for non-negative floats): one O(V) masked sum
+    per bit, no sort."""
     bits = 32 if p.dtype == jnp.float32 else 64
     itype = jnp.int32 if bits == 32 else jnp.int64
     top = jnp.max(p, axis=-1, keepdims=True)
@@ -108,22 +110,69 @@ def _nucleus_threshold(p: Array, top_p: float) -> Array:
         return jnp.where(ok, lo, mid + 1), jnp.where(ok, mid, hi)
 
     lo, _ = jax.lax.fori_loop(0, bits, body, (jnp.zeros_like(top_bits), top_bits + 1))
-    return jax.lax.bitcast_convert_type(jnp.minimum(lo, top_bits), p.dtype)
+    return jax.lax.bitcast_convert_type(lo, p.dtype)
 
 
-def top_p_filter(logits: Array, top_p: float) -> Array:
-    """Nucleus filtering on the last axis, as in ReMDM/MD4: sort descending, keep the prefix
-    whose cumulative mass is ``<= top_p`` and always the first token; returns renormalised
-    log-probabilities with ``-inf`` outside the nucleus. ``top_p = 1`` keeps everything.
+def _index_cut(members: Array, count: Array) -> Array:
+    """Smallest ``i`` with ``#{j < i: members_j} >= count`` (``[..., 1]``), by bisection on the
+    index: the first ``count`` members in index order are ``members & (arange(V) < i)``. One O(V)
+    masked count per bit of V; a ``cumsum`` over V costs far more on CPU."""
+    v = members.shape[-1]
+    idx = jnp.arange(v, dtype=jnp.int32)
 
-    Implemented without a sort (slow on CPU/TPU): token i is in that prefix iff the mass of the
-    tokens at least as probable as i is ``<= top_p``, so the nucleus is ``{p ≥ τ}`` for the
-    threshold τ found by bisection (``_nucleus_threshold``). Tokens tied at the cut are kept or
-    dropped together."""
+    def body(_, lohi):
+        lo, hi = lohi
+        mid = lo + (hi - lo) // 2
+        ok = jnp.sum(members & (idx < mid), axis=-1, keepdims=True, dtype=jnp.int32) >= count
+        return jnp.where(ok, lo, mid + 1), jnp.where(ok, mid, hi)
+
+    shape = members.shape[:-1] + (1,)
+    lo, _ = jax.lax.fori_loop(0, max(1, v.bit_length()), body,
+                              (jnp.zeros(shape, jnp.int32), jnp.full(shape, v, jnp.int32)))
+    return lo
+
+
+def nucleus_mask(p: Array, top_p: float, ties: str = "index") -> Array:
+    """The nucleus of probabilities ``p [..., V]`` (non-negative) as a bool mask, without a sort.
+
+    ``ties="index"`` (the reference rule, ReMDM/MDLM/MD4): the prefix of the descending order,
+    ties broken by lower index, whose cumulative mass is ``<= top_p``, and always its first token.
+    Tie groups that fit whole are ``{p ≥ τ}`` (``_nucleus_threshold``); of the next group (value
+    v, n members) the first ``c`` by index are kept, c the largest r ≤ n with ``mass(p ≥ τ) + r v
+    <= top_p`` (at least 1 when nothing else is kept). ``ties="group"``: whole tie groups only
+    (``{p ≥ τ}``, and the whole top group when it alone exceeds ``top_p``)."""
+    check_choice("ties", ties, TIES)
+    tau = _nucleus_threshold(p, top_p)
+    full = p >= tau
+    if ties == "group":
+        return full | (p >= jnp.max(p, axis=-1, keepdims=True))
+    mass = jnp.sum(jnp.where(full, p, 0.0), axis=-1, keepdims=True)
+    nxt = jnp.max(jnp.where(full, -1.0, p), axis=-1, keepdims=True)  # value of the next tie group
+    group = (p == nxt) & ~full
+    n = jnp.sum(group, axis=-1, keepdims=True, dtype=jnp.int32)
+    # c = max{r <= n: mass + r v <= top_p}: a floor, then one exact correction either way.
+    r = jnp.clip(jnp.floor((top_p - mass) / jnp.where(nxt > 0, nxt, 1.0)), 0, n).astype(jnp.int32)
+    fits = lambda k: (k >= 0) & (k <= n) & (mass + k.astype(p.dtype) * nxt <= top_p)
+    c = jnp.where(fits(r + 1), r + 1, jnp.where(fits(r), r, r - 1))
+    c = jnp.where(jnp.any(full, axis=-1, keepdims=True), c, jnp.maximum(c, 1))  # first token always kept
+    # Only a tie group cut inside needs the index order (rare with float32 logits: skipped then).
+    whole = lambda g, k: jnp.where(k > 0, g.shape[-1], 0).astype(jnp.int32)  # c = 0 or n: no cut inside
+    cut = jax.lax.cond(jnp.any((c > 0) & (c < n)), _index_cut, whole, group, c)
+    return full | (group & (jnp.arange(p.shape[-1]) < cut))
+
+
+def top_p_filter(logits: Array, top_p: float, ties: str = "index") -> Array:
+    """Nucleus filtering on the last axis, as in ReMDM/MDLM/MD4 (``sort`` descending, ``cumsum <=
+    top_p``, first token always kept): renormalised log-probabilities, ``-inf`` outside the
+    nucleus; ``top_p = 1`` keeps everything. Exact ties are ordered by index (a stable sort), so
+    part of a tie group may be kept (``ties="index"``, the reference); ``ties="group"`` keeps or
+    drops each tie group whole (the rule before issue 14). See ``nucleus_mask``: no sort.
+    Computed and returned in float32 at least (a bfloat16 log-softmax would move the cut)."""
     top_p = check_float("top_p", top_p, min=0.0, max=1.0, min_open=True)
-    logp = jax.nn.log_softmax(logits, axis=-1)
+    check_choice("ties", ties, TIES)
+    logits = jnp.asarray(logits)
+    logp = jax.nn.log_softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), axis=-1)
     if top_p == 1.0:
         return logp
     p = jnp.exp(logp)
-    keep = p >= _nucleus_threshold(p, top_p)
-    return jax.nn.log_softmax(jnp.where(keep, logp, -jnp.inf), axis=-1)
+    return jax.nn.log_softmax(jnp.where(nucleus_mask(p, top_p, ties), logp, -jnp.inf), axis=-1)

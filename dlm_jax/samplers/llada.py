@@ -253,12 +253,14 @@ _llada_jit = jax.jit(_llada_impl, static_argnums=(0, 1))
 
 def sample_llada(denoise_fn: Callable, key: Array, *, num_samples: int, length: int, steps: int, mask_id: int | None = None,
                  vocab_size: int, block_length: Optional[int] = None, selection: str = "low_confidence",
-                 temperature: float = 1.0, top_p: float = 1.0, fixed: Array | None = None,
+                 temperature: float = 0.0, top_p: float = 1.0, fixed: Array | None = None,
                  fixed_tokens: Array | None = None, undecided_init=None, k_schedule=None,
                  categorical_method: str = "auto") -> tuple[Array, dict]:
     """Standard LLaDA sampler: each step draws every masked token independently from its marginal
     and commits the ``K`` most confident in the current block (``selection``: ``"low_confidence"``
     = LLaDA's probability of the sampled token, ``"confidence"`` = ``max_v q``, ``"random"``).
+    ``temperature``: 0 (default, as LLaDA's ``generate.py``) commits ``argmax q`` (greedy); ``T > 0``
+    draws from ``softmax(log q / T)`` (float64 Gumbel under x64), e.g. 1 for exact-law tests.
     ``fixed``/``fixed_tokens``: clamped positions (a prompt: blocks start after it), see ``make_plan``.
     Returns ``(tokens [B, L], info)`` with ``info["nfe"] = info["rows"] = steps`` per sample."""
     plan, state = make_plan(denoise_fn, num_samples=num_samples, length=length, steps=steps, mask_id=mask_id,

@@ -17,8 +17,13 @@ Strategies (α_t = 1 − t except for loop):
   marginal-preserving at the sampler level: it ends with more masked mass than 1 − α(t_T)
   (tests/samplers/test_remdm.py measures it; the final argmax fills those positions);
 * ``loop``    α(t) = α_on(1−t)/(1−t_on) for t > t_on; α_on for t_off < t ≤ t_on; 1 − t(1−α_on)/t_off
-  below. Steps starting in (t_off, t_on] use σ = η (capped at σ^max; with α_s = α_t = α_on that is
-  "remask w.p. η, unmask w.p. η α_on/(1−α_on)"), the others σ = 0 (MDLM steps). Needs
+  below. As in the reference (``_ddpm_caching_update``), a step's phase is that of its start t and
+  both α_t and α_s use that phase's formula (``loop_rule="reference"``): phase-2 steps have
+  α_s = α_t = α_on and σ = η ("remask w.p. η, unmask w.p. η α_on/(1−α_on)"), the others σ = 0
+  (MDLM steps); α_s is capped at 1 (a coarse grid can overshoot past t_on, where the reference's
+  negative weight never wins). ``loop_rule="continuous"`` (the rule before issue 14) evaluates
+  α(t) and α(s) each in its own phase, so consecutive steps share α; it differs only at the two
+  steps that straddle t_on and t_off (3.8e-3 and 3.7e-3 in P(mask) at T = 1024). Needs
   η ≤ (1 − α_on)/α_on. Defaults η = 0.02, t_on = 0.55, t_off = 0.05, α_on = 0.9.
 
 Nucleus top-p = 0.9 by default for every strategy (ReMDM's setting), final noise-removal argmax as
@@ -37,10 +42,11 @@ from dlm_jax.samplers.masked import ancestral_draw, noise_removal, predictor, pr
 Array = jax.Array
 
 STRATEGIES = ("cap", "rescale", "conf", "loop")
+LOOP_RULES = ("reference", "continuous")
 DEFAULT_ETA = {"cap": 0.008, "rescale": 0.015, "conf": None, "loop": 0.02}
 
-__all__ = ["STRATEGIES", "DEFAULT_ETA", "sigma_max", "mask_prob", "remdm_weights", "remdm_step", "conf_eta",
-           "conf_update", "loop_alpha", "remdm_schedule", "check_remdm", "sample_remdm", "sample_remdm_cap",
+__all__ = ["STRATEGIES", "LOOP_RULES", "DEFAULT_ETA", "sigma_max", "mask_prob", "remdm_weights", "remdm_step",
+           "conf_eta", "conf_update", "loop_alpha", "remdm_schedule", "check_remdm", "sample_remdm", "sample_remdm_cap",
            "sample_remdm_rescale", "sample_remdm_conf", "sample_remdm_loop"]
 
 
@@ -134,14 +140,28 @@ def check_remdm(strategy: str, eta, t_on: float = 0.55, t_off: float = 0.05, alp
     return eta
 
 
+def _loop_reference(t: Array, s: Array, t_on: float, t_off: float, alpha_on: float):
+    """The reference's loop step (t: 1 masked -> 0 clean): the phase of t, its formula at t and s."""
+    phase1, phase3 = t > t_on, t <= t_off
+    def formula(x):
+        return jnp.where(phase1, alpha_on * (1.0 - x) / (1.0 - t_on),
+                         jnp.where(phase3, 1.0 - x * (1.0 - alpha_on) / t_off, alpha_on))
+    return formula(t), jnp.minimum(formula(s), 1.0), ~phase1 & ~phase3
+
+
 def remdm_schedule(strategy: str, grid: Array, eta=None, t_on: float = 0.55, t_off: float = 0.05,
-                   alpha_on: float = 0.9) -> dict[str, Array]:
+                   alpha_on: float = 0.9, loop_rule: str = "reference") -> dict[str, Array]:
     """Per-step ``alpha_t``, ``alpha_s`` and ``sigma`` arrays ``[K]`` for a grid ``[K+1]`` (t: 1 -> 0).
-    For ``conf``, ``sigma`` is σ^max; the step multiplies it by the per-position η^ℓ."""
+    For ``conf``, ``sigma`` is σ^max; the step multiplies it by the per-position η^ℓ. ``loop_rule``:
+    see the module docstring (loop only)."""
     eta = check_remdm(strategy, eta, t_on, t_off, alpha_on)
+    check_choice("loop_rule", loop_rule, LOOP_RULES)
     t, s = grid[:-1], grid[1:]
-    if strategy == "loop":
+    if strategy == "loop" and loop_rule == "reference":
+        a_t, a_s, phase2 = _loop_reference(t, s, t_on, t_off, alpha_on)
+    elif strategy == "loop":
         a_t, a_s = loop_alpha(t, t_on, t_off, alpha_on), loop_alpha(s, t_on, t_off, alpha_on)
+        phase2 = (t > t_off) & (t <= t_on)
     else:
         a_t, a_s = 1.0 - t, 1.0 - s
     smax = sigma_max(a_s, a_t)
@@ -152,7 +172,7 @@ def remdm_schedule(strategy: str, grid: Array, eta=None, t_on: float = 0.55, t_o
     elif strategy == "conf":
         sigma = smax
     else:
-        sigma = jnp.where((t > t_off) & (t <= t_on), jnp.minimum(eta, smax), 0.0)
+        sigma = jnp.where(phase2, jnp.minimum(eta, smax), 0.0)
     return {"alpha_t": a_t, "alpha_s": a_s, "sigma": sigma.astype(grid.dtype)}
 
 
@@ -160,16 +180,17 @@ def sample_remdm(denoise_fn, key: Array, *, num_samples: int, length: int, steps
                  strategy: str = "cap", eta: float | None = None, top_p: float = 0.9, greedy: bool = False,
                  categorical_method: str = "auto", fixed: Array | None = None, fixed_tokens: Array | None = None,
                  eps: float = 1e-5, t_on: float = 0.55, t_off: float = 0.05, alpha_on: float = 0.9,
-                 carry_over: bool = True) -> tuple[Array, dict]:
+                 carry_over: bool = True, loop_rule: str = "reference") -> tuple[Array, dict]:
     """ReMDM sampler: T = ``steps`` ReMDM steps + 1 noise-removal call (t: 1 masked -> 0 clean).
 
-    ``eta=None`` takes the strategy default. ``fixed``/``fixed_tokens`` positions are never
+    ``eta=None`` takes the strategy default; ``loop_rule`` (loop only): ``"reference"`` or
+    ``"continuous"``, see the module docstring. ``fixed``/``fixed_tokens`` positions are never
     remasked (σ = 0 there) and excluded from conf's softmax. Returns
     ``(tokens [B, L] int32, {"nfe": int32 T + 1})``."""
     z0, fixed = prepare_masked(denoise_fn, num_samples, length, steps, vocab_size, top_p, categorical_method, fixed,
                                fixed_tokens, eps)
     grid = masked_time_grid(steps, eps)
-    sched = remdm_schedule(strategy, grid, eta, t_on, t_off, alpha_on)
+    sched = remdm_schedule(strategy, grid, eta, t_on, t_off, alpha_on, loop_rule)
     predict = predictor(denoise_fn, top_p)
     mask_id = vocab_size
 

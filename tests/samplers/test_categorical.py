@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dlm_jax.samplers.categorical import _inverse_cdf, sample_categorical, top_p_filter, two_stage_tables
+from dlm_jax.samplers.categorical import _inverse_cdf, nucleus_mask, sample_categorical, top_p_filter, two_stage_tables
 
 GRID = 2**23  # jax.random.uniform(float32) takes the values k·2^-23, k = 0..2^23-1
 _icdf = jax.jit(_inverse_cdf)
@@ -130,3 +130,33 @@ def test_top_p_keeps_prefix_and_renormalises():
             top_p_filter(jnp.zeros(3), bad)
     with pytest.raises(ValueError, match="^method: 'fp8';"):
         sample_categorical(jax.random.key(0), jnp.zeros(3), "fp8")
+
+
+def test_top_p_ties_follow_the_reference_index_order():
+    """Exact ties: the reference sorts descending (ties by lower index, a stable sort), keeps the
+    prefix with cumsum <= p and the first token, so a tie group can be cut inside; ``ties="group"``
+    keeps or drops it whole. Dyadic probabilities (exact sums), then bfloat16 logits (many ties)."""
+    quarter, spread = [0.25] * 4, [0.125, 0.5, 0.125, 0.125, 0.125]
+    cases = ((quarter, 0.5, [0.5, 0.5, 0, 0], quarter),          # two of four tied tokens fit
+             (quarter, 0.3, [1, 0, 0, 0], quarter),              # none fits: the first token only
+             (spread, 0.75, [1 / 6, 2 / 3, 1 / 6, 0, 0], [0, 1, 0, 0, 0]),
+             ([0.5] + [0.125] * 4, 0.75, [2 / 3, 1 / 6, 1 / 6, 0, 0], [1, 0, 0, 0, 0]))
+    run = jax.jit(top_p_filter, static_argnums=(1, 2))
+    for p, top_p, index_rule, group_rule in cases:
+        for ties, want in (("index", index_rule), ("group", group_rule)):
+            got = np.exp(np.asarray(run(jnp.log(jnp.asarray(p, jnp.float32)), top_p, ties)))
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-7, err_msg=f"{p} {top_p} {ties}")
+    # bfloat16 logits, V = 1000: float32 log-probs inside; every row keeps the reference's set.
+    logits = jnp.asarray(np.random.default_rng(0).normal(size=(64, 1000)) * 3, jnp.bfloat16)
+    probs = np.asarray(jax.nn.softmax(logits.astype(jnp.float32), -1), np.float64)
+    ref = np.stack([_top_p_reference(row, 0.9) > 0 for row in probs])
+    kept = {ties: np.isfinite(np.asarray(run(logits, 0.9, ties), np.float32)) for ties in ("index", "group")}
+    assert run(logits, 0.9, "index").dtype == jnp.float32
+    assert (kept["index"] == ref).all(-1).sum() == 64
+    assert (kept["group"] != ref).any(-1).sum() == 25  # the tie-group rule: 25 of 64 rows differ
+    # The mask alone, a batch mixing cut and uncut tie groups, under vmap.
+    p = jnp.asarray([[0.25] * 4, [0.4, 0.3, 0.2, 0.1], [0.125, 0.5, 0.125, 0.25]], jnp.float32)
+    keep = np.asarray(jax.vmap(lambda row: nucleus_mask(row, 0.6))(p))
+    np.testing.assert_array_equal(keep, [[1, 1, 0, 0], [1, 0, 0, 0], [0, 1, 0, 0]])
+    with pytest.raises(ValueError, match=r"^ties: 'first'; expected one of"):
+        top_p_filter(jnp.zeros(3), 0.9, ties="first")

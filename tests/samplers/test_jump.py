@@ -142,6 +142,43 @@ def test_enumeration_kernel_is_the_implemented_kernel():
             np.testing.assert_allclose(impl, ref, atol=1e-14)
 
 
+def test_jump_law_vs_reference_solver_within_the_stated_bound():
+    """``jump``'s docstring: the reference's move probabilities (rate ``max(G/(h + 1e-8)(1 − p(z)),
+    1e-12)`` over h) are smaller by at most ``1e-8/(h + 1e-8)`` relative — 1.024e-5 at h = 1/1024, and
+    the figure is reached — plus 1e-12 h absolute where p(z) = 1. Every state, grid time and
+    h ∈ {1, 1/8, 1/64, 1/1024}, linear and cosine κ, float64."""
+    rng = np.random.default_rng(3)
+    pz = np.array([0.0, 0.3, 0.9, 1 - 1e-6, 1.0])
+    rest = rng.dirichlet(np.ones(V - 1), size=len(pz))
+    p = np.concatenate([pz[:, None], (1 - pz[:, None]) * rest], -1)  # token 0 is the current state z
+    kernel = jax.jit(lambda lp, t, h, s: flow.jump_log_probs(jnp.zeros(lp.shape[:2], jnp.int32), lp, t, h, s),
+                     static_argnums=3)
+    worst = {}
+    with jax.enable_x64(True):
+        for schedule in ("linear", "cosine"):
+            sched = flow.get_schedule(schedule)
+            for n in (1, 8, 64, 1024):
+                t = np.arange(n) / n
+                log_p = jnp.log(jnp.asarray(np.broadcast_to(p, (n,) + p.shape)))
+                law = np.exp(np.asarray(kernel(log_p, jnp.asarray(t), jnp.full(n, 1.0 / n), schedule)))
+                stay, move = law[..., 0], law[..., 1:V]
+                one_minus = [np.clip(np.asarray(sched.one_minus_kappa(jnp.asarray(x))), 1e-8, 1.0)
+                             for x in (t, np.minimum(t + 1.0 / n, 1.0))]
+                rate = (np.log(one_minus[0]) - np.log(one_minus[1])) / (1.0 / n + 1e-8)  # the reference's α
+                jump = -np.expm1(-np.maximum(rate[:, None] * (1 - pz), 1e-12) / n)
+                ref = jump[..., None] * np.where(pz[:, None] < 1, p[:, 1:] / np.maximum(1 - pz[:, None], 1e-300), 0)
+                gap = np.abs(move - ref)
+                rel = (gap / np.where(ref > 0, ref, 1.0))[:, pz < 1].max()
+                worst[n] = max(worst.get(n, 0.0), rel)
+                bound = 1e-8 / (1.0 / n + 1e-8)
+                np.testing.assert_allclose(stay[:, pz < 1], 1 - jump[:, pz < 1], rtol=0, atol=bound * 1.0001)
+                assert rel <= bound * (1 + 1e-4) + 1e-12, (schedule, n, rel, bound)
+                # p(z) = 1: we stay surely, the reference jumps w.p. 1 − exp(−1e-12 h).
+                assert (stay[:, pz == 1] == 1).all() and jump[:, pz == 1].max() <= 1e-12 / n
+    assert worst[1024] >= 1.0239e-5 and worst[1024] <= 1.0241e-5, worst  # the stated 1.024e-5 is reached
+    assert worst[64] < 6.5e-7 and worst[1] < 1.01e-8, worst
+
+
 def test_euler_intermediate_fractions_are_wrong_for_quadratic_kappa():
     """Contrast: with κ = t² the left-endpoint rate (Gat Euler, 1 − e^{−hκ̇/(1−κ)}) and naive Euler
     (hκ̇/(1−κ)) miss κ(t_k); at N = 2 the first step has rate 0. The cumulative scalar is exact."""

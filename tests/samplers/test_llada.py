@@ -6,8 +6,11 @@
   per row the output law is p*(x | prompt) of the JointTable, by Monte Carlo at the noise floor;
   with K = 2 in one step the standard sampler's exact law is the product of the conditional
   marginals (its factorisation error), also matched by Monte Carlo;
-* a traced ``fixed_tokens`` (prompts as jit arguments) gives the same tokens as concrete ones.
+* a traced ``fixed_tokens`` (prompts as jit arguments) gives the same tokens as concrete ones;
+* the default temperature is LLaDA's (0: greedy), checked against a hand-run greedy decode.
 """
+
+import inspect
 
 import jax
 import jax.numpy as jnp
@@ -93,7 +96,7 @@ def test_one_token_per_step_is_the_exact_conditional(block_length, selection):
     with jax.enable_x64(True):
         out, info = sample_llada(table.denoise_fn(V), jax.random.key(3), num_samples=2 * n, length=L, steps=2,
                                  vocab_size=V, block_length=block_length, selection=selection, fixed=fixed,
-                                 fixed_tokens=tokens)
+                                 fixed_tokens=tokens, temperature=1.0)
     out = np.asarray(out)
     np.testing.assert_array_equal(np.asarray(info["nfe"]), 2)
     for half, prompt in enumerate(prompts):
@@ -113,7 +116,7 @@ def test_two_tokens_in_one_step_is_the_product_of_conditional_marginals():
     fixed, prompt = np.arange(L) < 2, np.array([1, 0, 0, 0])
     with jax.enable_x64(True):
         out, _ = sample_llada(table.denoise_fn(V), jax.random.key(4), num_samples=n, length=L, steps=1,
-                              vocab_size=V, fixed=jnp.asarray(fixed), fixed_tokens=jnp.asarray(prompt))
+                              vocab_size=V, fixed=jnp.asarray(fixed), fixed_tokens=jnp.asarray(prompt), temperature=1.0)
         marg = np.asarray(table.masked_posteriors(jnp.asarray([[1, 0, V, V]]), V))[0]
     cond = _conditional(table.law(), fixed, prompt)
     seqs = all_sequences(V, L)
@@ -135,3 +138,21 @@ def test_traced_fixed_tokens_match_concrete():
                                                      **common))(jnp.asarray(tokens))
     np.testing.assert_array_equal(np.asarray(traced), np.asarray(eager))
     np.testing.assert_array_equal(np.asarray(eager)[:, 0], [2, 0])
+
+
+def test_default_temperature_is_greedy_as_in_llada():
+    """LLaDA's generate.py defaults to temperature 0: x̂ = argmax, confidence = its probability. With
+    one token per step the output is then the greedy decode (most confident masked position first,
+    its argmax), the same for every key and row, computed here step by step from the table."""
+    assert inspect.signature(sample_llada).parameters["temperature"].default == 0.0
+    table = JointTable.random(0, vocab_size=V, length=L)
+    with jax.enable_x64(True):
+        z = np.full((1, L), V)
+        for _ in range(L):
+            q = np.asarray(table.masked_posteriors(jnp.asarray(z), V))[0]
+            masked = np.flatnonzero(z[0] == V)
+            j = masked[np.argmax(q[masked].max(-1))]
+            z[0, j] = q[j].argmax()
+        outs = [np.asarray(sample_llada(table.denoise_fn(V), jax.random.key(seed), num_samples=3, length=L,
+                                        steps=L, vocab_size=V)[0]) for seed in (0, 1)]
+    np.testing.assert_array_equal(np.concatenate(outs), np.repeat(z, 6, axis=0))

@@ -138,6 +138,29 @@ def test_cache_is_bitwise_identical_and_skips_real_model_calls():
     assert nfe_cache.mean() < 0.5 * (steps + 1)
 
 
+def test_cache_gives_identical_tokens_for_a_float32_network():
+    """The documented limit: the cached sampler reuses a prediction only where the model would get
+    the same input, so with a deterministic float32 network (params as jit arguments, t ignored)
+    the tokens equal sample_mdlm's under the same key, with T > L so that steps are skipped."""
+    v, length, steps, batch, width = 16, 8, 32, 4, 32
+    keys = jax.random.split(jax.random.key(11), 4)
+    params = {"emb": jax.random.normal(keys[0], (v + 1, width)), "mix": jax.random.normal(keys[1], (length, length)),
+              "out": jax.random.normal(keys[2], (width, v)) * 0.5}
+
+    def net(p, z):  # float32 logits [B, L, V]; every position sees the whole sequence
+        h = jnp.tanh(p["emb"][z] + jnp.einsum("lm,bmd->bld", p["mix"], p["emb"][z]) / length)
+        return h @ p["out"]
+
+    kw = dict(num_samples=batch, length=length, steps=steps, vocab_size=v)
+    runs = {name: jax.jit(lambda p, k, fn=fn: jax.lax.map(lambda kk: fn(lambda z, t: net(p, z), kk, **kw),
+                                                          jax.random.split(k, 6)))
+            for name, fn in (("plain", sample_mdlm), ("cache", sample_mdlm_cache))}
+    (z_plain, info_plain), (z_cache, info_cache) = (runs[n](params, keys[3]) for n in ("plain", "cache"))
+    assert z_plain.dtype == jnp.int32 and not jax.config.jax_enable_x64
+    np.testing.assert_array_equal(np.asarray(z_plain), np.asarray(z_cache))
+    assert (np.asarray(info_plain["nfe"]) == steps + 1).all() and np.asarray(info_cache["nfe"]).max() < steps + 1
+
+
 def test_registry_and_validation_before_compiling():
     assert get_sampler("mdlm") is sample_mdlm and get_sampler("mdlm_cache") is sample_mdlm_cache
     with pytest.raises(ValueError, match=r"^sampler: 'x'; expected one of \("):

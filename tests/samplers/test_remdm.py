@@ -9,8 +9,8 @@ import pytest
 
 from dlm_jax.samplers import get_sampler
 from dlm_jax.samplers.driver import masked_time_grid
-from dlm_jax.samplers.remdm import (check_remdm, conf_eta, conf_update, mask_prob, remdm_schedule, remdm_step,
-                                    remdm_weights, sample_remdm, sigma_max)
+from dlm_jax.samplers.remdm import (LOOP_RULES, check_remdm, conf_eta, conf_update, mask_prob, remdm_schedule,
+                                    remdm_step, remdm_weights, sample_remdm, sigma_max)
 from dlm_jax.testing.oracles import JointTable, all_sequences, empirical_law, total_variation
 
 V, L = 3, 4
@@ -83,25 +83,62 @@ def test_schedules_respect_sigma_max_and_loop_phases():
     with jax.enable_x64(True):
         for steps in (5, 64, 1000):
             grid = masked_time_grid(steps)
-            for strategy in ("cap", "rescale", "conf", "loop"):
-                sc = {k: np.asarray(v) for k, v in remdm_schedule(strategy, grid).items()}
+            t = np.asarray(grid)
+            straddle = ((t[:-1] > 0.55) & (t[1:] <= 0.55)) | ((t[:-1] > 0.05) & (t[1:] <= 0.05))
+            for strategy, rule in (("cap", "reference"), ("rescale", "reference"), ("conf", "reference"),
+                                   ("loop", "reference"), ("loop", "continuous")):
+                sc = {k: np.asarray(v) for k, v in remdm_schedule(strategy, grid, loop_rule=rule).items()}
                 smax = np.asarray(sigma_max(sc["alpha_s"], sc["alpha_t"]))
                 assert (sc["sigma"] >= 0).all() and (sc["sigma"] <= smax + 1e-15).all()
                 assert (np.diff(sc["alpha_t"]) >= -1e-15).all() and (sc["alpha_s"] >= sc["alpha_t"] - 1e-15).all()
-                np.testing.assert_allclose(sc["alpha_s"][:-1], sc["alpha_t"][1:], rtol=0, atol=0)
-        sc = {k: np.asarray(v) for k, v in remdm_schedule("loop", masked_time_grid(1000)).items()}
-        t = np.asarray(masked_time_grid(1000))[:-1]
-        phase2 = (t > 0.05) & (t <= 0.55)
-        # 45% / 50% / 5% of a uniform grid (t_450 = 0.5500045 > t_on because the grid ends at eps, not 0)
-        assert (t > 0.55).sum() == 451 and phase2.sum() == 500 and (t <= 0.05).sum() == 49
-        inner = phase2 & (np.r_[t[1:], 0] > 0.05)  # phase-2 steps that end in phase 2
-        np.testing.assert_allclose(sc["alpha_t"][inner], 0.9, atol=1e-15)
-        np.testing.assert_allclose(sc["alpha_s"][inner], 0.9, atol=1e-15)
-        np.testing.assert_allclose(sc["sigma"][inner], 0.02, atol=1e-15)
-        assert (sc["sigma"][~phase2] == 0).all()
+                # Consecutive steps share α, except the reference loop at the steps straddling t_on, t_off.
+                shared = ~straddle[:-1] if (strategy, rule) == ("loop", "reference") else slice(None)
+                np.testing.assert_allclose(sc["alpha_s"][:-1][shared], sc["alpha_t"][1:][shared], rtol=0, atol=0)
+        for rule in LOOP_RULES:
+            sc = {k: np.asarray(v) for k, v in remdm_schedule("loop", masked_time_grid(1000), loop_rule=rule).items()}
+            t = np.asarray(masked_time_grid(1000))[:-1]
+            phase2 = (t > 0.05) & (t <= 0.55)
+            # 45% / 50% / 5% of a uniform grid (t_450 = 0.5500045 > t_on because the grid ends at eps, not 0)
+            assert (t > 0.55).sum() == 451 and phase2.sum() == 500 and (t <= 0.05).sum() == 49
+            # The phase-2 steps that end in phase 2 (all of them under the reference rule).
+            inner = phase2 & (np.r_[t[1:], 0] > 0.05) if rule == "continuous" else phase2
+            np.testing.assert_allclose(sc["alpha_t"][inner], 0.9, atol=1e-15)
+            np.testing.assert_allclose(sc["alpha_s"][inner], 0.9, atol=1e-15)
+            np.testing.assert_allclose(sc["sigma"][inner], 0.02, atol=1e-15)
+            assert (sc["sigma"][~phase2] == 0).all()
         # In phase 2 masked tokens unmask w.p. η α_on/(1 − α_on), decoded ones remask w.p. η.
         pi = np.asarray(mask_prob(jnp.array([True, False]), 0.02, 0.9, 0.9))
         np.testing.assert_allclose(pi, [1 - 0.02 * 0.9 / 0.1, 0.02], atol=1e-15)
+
+
+def test_loop_straddling_steps_follow_the_reference():
+    """T = 1024 (ReMDM-loop on OWT): the step t_460 = 0.5508 -> 0.5498 crosses t_on and t_972 = 0.0508
+    -> 0.0498 crosses t_off. remdm/diffusion.py takes the phase from t and evaluates s with that
+    phase's formula: an MDLM step with α = 0.9(1 − ·)/0.45 at both ends (α_s = 0.90038 > α_on), then a
+    phase-2 step (α_s = α_t = α_on, σ = η). Exact per-position laws, hand-derived, vs remdm_weights;
+    the continuous rule differs by 3.76e-3 and 3.72e-3 in P(mask) there."""
+    probs = np.array([0.5, 0.3, 0.2])
+    with jax.enable_x64(True):
+        grid = np.asarray(masked_time_grid(1024))
+        k_on, k_off = 460, 972
+        assert grid[k_on] > 0.55 >= grid[k_on + 1] and grid[k_off] > 0.05 >= grid[k_off + 1]
+        a_t, a_s = (0.9 * (1 - grid[k_on + j]) / 0.45 for j in (0, 1))
+        stay = (1 - a_s) / (1 - a_t)  # masked stays masked; decoded tokens are kept (σ = 0)
+        assert abs(stay - 0.9807711241) < 1e-10
+        want = {k_on: ([*(probs * (1 - stay)), stay], [0, 1, 0, 0]),
+                k_off: ([*(probs * 0.02 * 0.9 / 0.1), 1 - 0.02 * 0.9 / 0.1], [0, 0.98, 0, 0.02])}
+        z = jnp.array([[V, 1]])  # one masked, one decoded position
+        p = jnp.asarray(np.broadcast_to(probs, (1, 2, V)))
+        laws = {}
+        for rule in LOOP_RULES:
+            sc = remdm_schedule("loop", jnp.asarray(grid), loop_rule=rule)
+            laws[rule] = {k: np.asarray(remdm_weights(p, z, sc["sigma"][k], sc["alpha_s"][k], sc["alpha_t"][k],
+                                                      mask_id=V))[0] for k in (k_on, k_off)}
+        for k, (masked, decoded) in want.items():
+            np.testing.assert_allclose(laws["reference"][k], [masked, decoded], rtol=0, atol=1e-12)
+        # The continuous rule (α evaluated at each end in its own phase): off by 3.7e-3 at both steps.
+        diff = [laws["continuous"][k][0, -1] - want[k][0][-1] for k in (k_on, k_off)]
+        np.testing.assert_allclose(diff, [3.7571676e-3, -3.7162109e-3], rtol=0, atol=1e-9)
 
 
 def test_loop_phase2_is_stationary_on_product_data():
@@ -170,10 +207,18 @@ def test_single_token_law_every_strategy():
             m = 1.0
             for a_t, a_s, smax in zip(sched["alpha_t"], sched["alpha_s"], sched["sigma"]):
                 m = m * (1 - a_s) / (1 - a_t) + (1 - m) * smax
-            for strategy, pi in (("cap", 1e-5), ("rescale", 1e-5), ("loop", 1e-5 * 0.1 / 0.05), ("conf", m)):
-                law = _chain_law(table, steps, strategy)
+            # Reference loop: its straddling steps break the α chain, so its masked mass follows
+            # m <- m (1 − α_s − σ α_t)/(1 − α_t) + (1 − m) σ over its own schedule.
+            loop = {k: np.asarray(a) for k, a in remdm_schedule("loop", masked_time_grid(steps)).items()}
+            m_loop = 1.0
+            for a_t, a_s, sig in zip(loop["alpha_t"], loop["alpha_s"], loop["sigma"]):
+                m_loop = m_loop * (1 - a_s - sig * a_t) / (1 - a_t) + (1 - m_loop) * sig
+            for strategy, pi, kw in (("cap", 1e-5, {}), ("rescale", 1e-5, {}), ("conf", m, {}), ("loop", m_loop, {}),
+                                     ("loop", 1e-5 * 0.1 / 0.05, {"loop_rule": "continuous"})):
+                law = _chain_law(table, steps, strategy, **kw)
                 np.testing.assert_allclose(law, (1 - pi) * p + pi * np.eye(V)[p.argmax()], rtol=0, atol=1e-12)
             assert m > 2.5e-5  # conf's excess masked mass (2.67e-5 at T=4, 7.25e-5 at T=33 vs 1e-5)
+            assert abs(m_loop - 1e-5 * 0.1 / 0.05) > 1e-6  # the reference loop does not end at 1 − α(t_T)
 
 
 def test_step_kernel_law_matches_weights_by_monte_carlo():

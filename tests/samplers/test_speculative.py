@@ -311,7 +311,8 @@ def test_markov_chain_log_likelihood_flat_in_steps():
             fef_ll[steps] = (lp.mean(), lp.std(ddof=1) / np.sqrt(n), np.asarray(info["nfe"]).mean())
             if steps == 2:
                 continue  # standard sampler at 1, 4, 16 steps suffices to show the trend
-            tok, _ = sample_llada(fn, jax.random.key(100 + steps), selection="confidence", **common)
+            tok, _ = sample_llada(fn, jax.random.key(100 + steps), selection="confidence", temperature=1.0,
+                                  **common)
             lp = np.asarray(chain.log_prob(tok))
             std_ll[steps] = (lp.mean(), lp.std(ddof=1) / np.sqrt(n))
     for steps in fef_ll:
