@@ -266,6 +266,9 @@ def main(argv=None):
     if args.threads == 1:  # before the backend starts (the first jax call below)
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false "
                                    "intra_op_parallelism_threads=1").strip()
+        # XLA_FLAGS alone does not hold jax 0.10.2 to one core (it keeps ~1.9 busy): pin the process.
+        if hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     backend = jax.default_backend()
     presets = [args.preset] if args.preset != "all" else ["tiny", "small"] + (["mdlm-small"] if backend == "gpu"
                                                                               else [])
