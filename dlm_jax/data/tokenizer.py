@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -94,7 +95,15 @@ def train_sentencepiece(texts: Iterable[str], model_path: str, *, vocab_size: in
         minloglevel=2,
     )
     flags.update(trainer_overrides or {})
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(sentences), model_writer=model, **flags)
+    try:
+        spm.SentencePieceTrainer.train(sentence_iterator=iter(sentences), model_writer=model, **flags)
+    except RuntimeError as e:  # sentencepiece's multi-line C++ message -> the one-line error
+        need = re.search(r"smaller than required_chars\. (\d+) vs (\d+)", str(e))
+        if need:
+            raise ValueError(f"data.tokenizer_vocab_size: {vocab_size}; expected >= {need.group(2)} (the corpus's "
+                             "distinct characters plus the special pieces)") from None
+        raise ValueError(f"data.tokenizer_vocab_size: {vocab_size}; sentencepiece could not train: "
+                         f"{str(e).splitlines()[0][:200]}") from None
     os.makedirs(os.path.dirname(os.path.abspath(model_path)), exist_ok=True)
     tmp = f"{model_path}.tmp{os.getpid()}"
     with open(tmp, "wb") as f:
