@@ -50,6 +50,7 @@ def _print_samples(run, steps_list, sampler, num_samples, seed, out):
     from dlm_jax.eval import generate as gen
 
     cli_args.check_sampler_family(sampler, run)
+    print(f"{run.workdir}: checkpoint step {run.step}")
     rows = []
     for steps in cli_args.parse_steps(steps_list):
         tokens, info = gen.generate(run, steps=int(steps), sampler=sampler, num_samples=num_samples, seed=seed)
@@ -114,6 +115,7 @@ def _run(command: str) -> int:
         config = _CONFIG.value
         workdir = FLAGS.workdir or config.get("workdir", None) or "runs/default"
         cli_args.check_train_workdir(workdir)
+        cli_args.check_train_config(config, FLAGS)
         result = loop.train(config, workdir)
         if result["preempted"]:
             return cli_args.EXIT_PREEMPTED
@@ -141,19 +143,38 @@ def _run(command: str) -> int:
     return 0
 
 
+def _drop_orphaned_read_callbacks() -> None:
+    """When restoring a damaged checkpoint fails, TensorStore reads still in flight finish later
+    against Orbax's already closed asyncio loop, and each prints ``RuntimeError: Event loop is
+    closed`` through ``sys.unraisablehook`` (nobody awaits them: harmless). Drop exactly those, so
+    the fallback to the previous checkpoint reads as its one warning."""
+    default = sys.unraisablehook
+
+    def hook(unraisable):
+        exc = unraisable.exc_value
+        if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+            return
+        default(unraisable)
+
+    sys.unraisablehook = hook
+
+
 def _fail(line: str) -> None:
     print(f"error: {line}", file=sys.stderr)
     sys.exit(cli_args.EXIT_BAD_INPUT)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Parse, check, run. Bad input is one line on stderr and exit status 2 (DLM_JAX_TRACEBACK=1
-    shows the trace); ``-h``/``--help`` lists the command's flags, configs and presets."""
+    """Parse, check, run. Bad input (a parse error, a flag of another command, a bad value) is one
+    line on stderr and exit status 2, before any work starts (DLM_JAX_TRACEBACK=1 shows the trace);
+    ``-h``/``--help`` lists the command's flags, configs and presets and exits 0."""
     argv = _normalise(list(sys.argv if argv is None else argv))
     command = argv[1] if len(argv) > 1 and not argv[1].startswith("-") else None
-    if any(a in ("-h", "--help", "-help", "--helpshort") for a in argv[1:]) or len(argv) == 1:
+    if any(a in ("-h", "--help", "-help", "--helpshort") for a in argv[1:]):
         print(cli_args.help_text(command, FLAGS))
-        sys.exit(0 if len(argv) > 1 else cli_args.EXIT_BAD_INPUT)
+        sys.exit(0)
+    if len(argv) == 1:
+        print(cli_args.help_text(None, FLAGS))
     if command not in COMMANDS:
         _fail(f"command: {command!r}; expected one of {COMMANDS} (see --help)")
     try:
@@ -166,7 +187,9 @@ def main(argv: list[str] | None = None) -> None:
         _fail(cli_args.parse_error_line(e, argv))
     if len(rest) > 2:
         _fail(f"arguments: {rest[2:]}; expected only flags after `{command}` (see --help)")
+    _drop_orphaned_read_callbacks()
     try:
+        cli_args.check_flags_of(command, argv)
         code = _run(command)
     except ValueError as e:
         if os.environ.get("DLM_JAX_TRACEBACK"):

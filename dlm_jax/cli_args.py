@@ -66,9 +66,50 @@ def help_text(command: str | None, flag_values) -> str:
     return "\n".join(lines)
 
 
+def _flag_key(name: str) -> str:
+    """How a line names a flag: ``config.<key>`` for a config override, else ``--num-samples``."""
+    return name if name.startswith("config.") else "--" + name.replace("_", "-")
+
+
+def _flag_value(name: str, argv: list[str]):
+    """The value ``argv`` gives flag ``--name`` (``--name=v`` or ``--name v``), else None."""
+    for i, a in enumerate(argv):
+        if a.startswith(f"--{name}="):
+            return a.split("=", 1)[1]
+        if a == f"--{name}" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+_WANTED = (("invalid literal for int()", "an int"), ("could not convert string to float", "a number"),
+           ("Non-boolean argument", "a bool (true or false)"), ("as a ConfigDict", "a config section: set its "
+           "keys one by one, --config.<section>.<key>=<value>"))
+
+
 def parse_error_line(error: Exception, argv: list[str]) -> str:
-    """One line for a flag-parsing failure (unknown flag or config key, bad preset, missing file)."""
+    """One line, ``<key>: <value>; expected ...``, for a flag-parsing failure: unknown flag or
+    config key (with the near miss), a value of the wrong type, a missing value, bad preset,
+    missing config file."""
+    from absl import flags
+
     text = str(error)
+    command = argv[1] if len(argv) > 1 else None
+    if isinstance(error, flags.UnrecognizedFlagError):
+        near = re.search(r"Did you mean: (.*?) \?", text)
+        hint = f" (did you mean --{near.group(1).split(',')[0].strip()}?)" if near else ""
+        value = _flag_value(error.flagname, argv)
+        return (f"--{error.flagname.replace('_', '-')}: {value!r}; expected a flag of `{command}`, "
+                f"see `python -m dlm_jax {command} --help`{hint}")
+    bad_value = re.match(r"^flag --([\w.-]+)=(.*?): (.*)$", text, re.S)
+    if isinstance(error, flags.IllegalFlagValueError) and bad_value and bad_value.group(1) != "config":
+        name, reason = bad_value.group(1), bad_value.group(3).strip().splitlines()[0]
+        value = _flag_value(name, argv)
+        wanted = next((w for pattern, w in _WANTED if pattern in reason), f"a valid value ({reason})")
+        return f"{_flag_key(name)}: {value if value is not None else bad_value.group(2)!r}; expected {wanted}"
+    missing = re.match(r"^Missing value for flag --([\w.-]+)", text)
+    if missing:
+        name = missing.group(1)
+        return f"{_flag_key(name)}: None; expected a value, --{name}=<value>"
     unknown = re.search(r'Did you mean "(\w+)" instead of "(\w+)"', text)
     if isinstance(error, (AttributeError, KeyError)) or unknown:
         key = unknown.group(2) if unknown else re.sub(r"[^\w.]", "", text.splitlines()[0])
@@ -82,23 +123,42 @@ def parse_error_line(error: Exception, argv: list[str]) -> str:
         match = re.match(r"^(?:ValueError|KeyError): (.*)$", line)
         if match:
             return match.group(1)
-    if "No such file" in text or "Errno 2" in text:
-        path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
-        path = path or next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"), "?")
+    if any(s in text for s in ("No such file", "Errno 2", "config file", "earlier failure to load")):
+        path = _flag_value("config", argv)
         return f"--config: {path!r}; expected an existing config file, e.g. configs/demo.py[:preset]"
-    return lines[-1] if lines else type(error).__name__
+    reason = lines[-1] if lines else type(error).__name__
+    return f"arguments: {argv[2:]}; expected flags that `{command}` accepts ({reason})"
 
 
-def parse_steps(values) -> list[int]:
+def parse_steps(values, key: str = "--steps") -> list[int]:
+    """Step counts (``--steps 8,32`` or ``config.sample.steps``) as ints >= 1."""
+    values = [values] if isinstance(values, (str, int)) else list(values)
     out = []
     for v in values:
         try:
             out.append(int(v))
         except (TypeError, ValueError):
-            checks.fail("--steps", ",".join(map(str, values)), "comma-separated ints >= 1, e.g. 8,32,128")
+            checks.fail(key, ",".join(map(str, values)), "comma-separated ints >= 1, e.g. 8,32,128")
+    if not out:
+        checks.fail(key, "", "comma-separated ints >= 1, e.g. 8,32,128")
     for v in out:
-        checks.check_int("--steps", v, min=1)
+        checks.check_int(key, v, min=1)
     return out
+
+
+def check_flags_of(command: str, argv: list[str]) -> None:
+    """Refuse a flag of another command (``eval --steps 8``, ``sample --config x.py``): it would be
+    silently ignored."""
+    own, ours = FLAG_HELP[command], FLAG_HELP["train"]
+    for arg in argv[2:]:
+        if not arg.startswith("--"):
+            continue
+        name = arg[2:].split("=", 1)[0]
+        base = name[2:] if name.startswith("no") and name[2:] in ours else name
+        if (base in ours and base not in own) or (name.startswith("config.") and "config" not in own):
+            flags = ", ".join("--" + f.replace("_", "-") for f in own)
+            checks.fail(_flag_key(name), _flag_value(name, argv),
+                        f"a flag of `{command}`: one of {flags} (see --help)")
 
 
 def check_args(command: str, flag_values) -> None:
@@ -109,6 +169,10 @@ def check_args(command: str, flag_values) -> None:
         checks.check_int("--batches", flag_values.batches, min=1)
     if flag_values.steps is not None:
         parse_steps(flag_values.steps)
+    if flag_values.sampler is not None:
+        from dlm_jax.samplers import SAMPLERS
+
+        checks.check_choice("--sampler", flag_values.sampler, tuple(SAMPLERS))
     out = flag_values.out
     if out is not None:
         if os.path.isdir(out):
@@ -120,7 +184,39 @@ def check_args(command: str, flag_values) -> None:
         if not os.path.isdir(existing) or not os.access(existing, os.W_OK):
             checks.fail("--out", out, "a path in a writable directory")
     if command != "train" and not flag_values.workdir:
-        checks.fail("--workdir", None, f"the run directory for `{command}`")
+        checks.fail("--workdir", flag_values.workdir, f"the run directory for `{command}`")
+    if command == "train" and flag_values["workdir"].present and not flag_values.workdir:
+        checks.fail("--workdir", flag_values.workdir, "a directory path (omit --workdir for config.workdir)")
+
+
+def check_train_config(config, flag_values) -> None:
+    """What ``train`` reads, checked on a copy before the trainer creates the workdir: the
+    trainer's own ``validate_config`` (skipped with ``mesh.distributed`` on: the device count is
+    known only after ``jax.distributed.initialize``, which the trainer calls once), then the
+    sampling and evaluation that follow training (``config.sample``, ``--steps``, ``--evals``)."""
+    import ml_collections
+
+    from dlm_jax.eval.evaluators import eval_blocks
+
+    copy = ml_collections.ConfigDict(config.to_dict())
+    mesh = copy.get("mesh", None)
+    if not hasattr(mesh, "get") or mesh.get("distributed", "off") in ("off", None, False):
+        import jax
+
+        from dlm_jax.train import loop
+
+        loop.validate_config(copy, jax.device_count(), jax.process_count())
+    if "sample" in copy:
+        sample = copy.sample
+        if flag_values.steps is None:
+            parse_steps(sample.get("steps", (8,)), key="sample.steps")
+        if flag_values.num_samples is None:
+            checks.check_int("sample.num_samples", sample.get("num_samples", 2), min=1)
+    if flag_values.evals:
+        names = tuple(eval_blocks(copy))
+        for name in flag_values.evals:
+            if name not in names:
+                checks.fail("--evals", name, f"names from config.evals {names}")
 
 
 def check_train_workdir(workdir: str) -> None:
