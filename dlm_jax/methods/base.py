@@ -80,6 +80,7 @@ _REGISTRY: dict[str, Any] = {
     "mdlm": "dlm_jax.methods.mdlm",
     "dfm": "dlm_jax.methods.dfm",
     "fsdfm": "dlm_jax.methods.fsdfm",
+    "dsl": "dlm_jax.methods.dsl",
 }
 
 

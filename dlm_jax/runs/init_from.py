@@ -133,5 +133,14 @@ def _model_config(config):
     return build_model(config).config
 
 
+def mdlm_to_dsl(source, fresh, config):
+    """A DSL run from an MDLM run: the DiT backbone copied, the converter's linear map W from the
+    MDLM token-embedding rows (mask row included), the rest fresh (``methods.dsl.params_from_mdlm``)."""
+    from dlm_jax.methods.dsl import params_from_mdlm
+
+    return params_from_mdlm(source.params, source.config, fresh, config, workdir=source_workdir(source))
+
+
 register_mapping("copy", copy_params)
 register_mapping("dit_t_to_th", dit_t_to_th)
+register_mapping("mdlm_to_dsl", mdlm_to_dsl)
