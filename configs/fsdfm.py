@@ -48,66 +48,33 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
         c.data = config_blocks.data(seq_len=16 if scale == "tiny" else 32, source="markov", markov_vocab=8,
                                     markov_seed=0, markov_concentration=0.5)
 
-    c.model = ml_collections.ConfigDict(_sizes(scale))
-    c.model.name = "dit"
-    c.model.vocab_size = config_blocks.vocab_size()
-    c.model.max_len = c.data.seq_len
-    c.model.conditioning = "t" if teacher else "th"
-    c.model.dropout = 0.0
-    c.model.dtype = "bfloat16" if scale == "paper" else "float32"
-    if not teacher:
-        c.model.identity_h_init = scale != "paper"
-
-    c.method = ml_collections.ConfigDict()
-    c.method.name = "dfm" if teacher else "fsdfm"
-    c.method.source = source
-    c.method.schedule = "polynomial"
-    c.method.exponent = 1.0
-    c.method.elbo_points = 8 if scale == "tiny" else 32
+    c.model = config_blocks.dit(**_sizes(scale), max_len=c.data.seq_len, conditioning="t" if teacher else "th",
+                                dtype="bfloat16" if scale == "paper" else "float32",
+                                identity_h_init=not teacher and scale != "paper")
+    common = dict(source=source, schedule="polynomial", exponent=1.0, elbo_points=8 if scale == "tiny" else 32)
     if teacher:
-        c.method.loss = "gkl"
-        c.method.time_epsilon = 1e-5
-        c.method.sampler = "dfm_euler"
+        c.method = config_blocks.method("dfm", **common, loss="gkl", time_epsilon=1e-5, sampler="dfm_euler")
     else:
-        c.method.n_ref = 1024 if scale == "paper" else 64 if scale == "demo" else 8
-        c.method.policy = "inverse_h"
-        c.method.anneal_every = 20_000
-        c.method.teacher = "rk4"
-        c.method.rk4_labels = "faithful"
-        c.method.tau = 1.0
-        c.method.just_student = True
-        c.method.teacher_workdir = teacher_workdir  # read only when just_student=False
-        c.method.teacher_weights = "params"
-        c.method.sampler = "fsdfm"
+        c.method = config_blocks.method(
+            "fsdfm", **common, n_ref=1024 if scale == "paper" else 64 if scale == "demo" else 8, policy="inverse_h",
+            anneal_every=20_000, teacher="rk4", rk4_labels="faithful", tau=1.0, just_student=True,
+            teacher_workdir=teacher_workdir,  # read only when just_student=False
+            teacher_weights="params", sampler="fsdfm")
 
-    c.train = ml_collections.ConfigDict()
-    if scale == "paper":
-        c.train.steps = 1_000_000 if teacher else 500_000
-        c.train.batch_size = 128 if teacher else 96
-        c.train.lr = 3e-4 if teacher else 1e-5
-        c.train.warmup_steps = 10_000
-        c.train.weight_decay = 0.03
-        c.train.b1, c.train.b2 = 0.9, 0.95
-        c.train.compute_dtype = "bfloat16"
-        c.train.log_every = 100
-        c.evals = config_blocks.evals(batches=16, every=10_000)
-    else:
-        c.train.steps = {"tiny": 20, "demo": 3000}[scale] if teacher else {"tiny": 10, "demo": 2000}[scale]
-        c.train.batch_size = 8 if scale == "tiny" else 64
-        c.train.lr = 3e-3 if teacher else 1e-3
-        c.train.warmup_steps = 5 if scale == "tiny" else 100
-        c.train.weight_decay = 0.0
-        c.train.b1, c.train.b2 = 0.9, 0.999
-        c.train.log_every = 5 if scale == "tiny" else 50
-        c.evals = config_blocks.evals(batches=1 if scale == "tiny" else 4, every=10 if scale == "tiny" else 1000)
-    c.train.schedule = "cosine"
-    c.train.final_lr_frac = 0.1
-    c.train.eps = 1e-8
-    c.train.grad_clip = 1.0
     # The paper's EMA (0.9995) averages over ~2k steps: as long as the whole demo run, so the small
     # presets use a shorter EMA for the shortcut teacher.
-    c.train.ema_decay = 0.9995 if scale == "paper" else 0.99 if scale == "demo" else 0.9
-    c.train.microbatches = 1
+    ema = 0.9995 if scale == "paper" else 0.99 if scale == "demo" else 0.9
+    if scale == "paper":
+        c.train = config_blocks.train(steps=1_000_000 if teacher else 500_000, batch_size=128 if teacher else 96,
+                                      lr=3e-4 if teacher else 1e-5, warmup_steps=10_000, weight_decay=0.03, b2=0.95,
+                                      compute_dtype="bfloat16", log_every=100, ema_decay=ema)
+        c.evals = config_blocks.evals(batches=16, every=10_000)
+    else:
+        c.train = config_blocks.train(
+            steps={"tiny": 20, "demo": 3000}[scale] if teacher else {"tiny": 10, "demo": 2000}[scale],
+            batch_size=8 if scale == "tiny" else 64, lr=3e-3 if teacher else 1e-3,
+            warmup_steps=5 if scale == "tiny" else 100, log_every=5 if scale == "tiny" else 50, ema_decay=ema)
+        c.evals = config_blocks.evals(batches=1 if scale == "tiny" else 4, every=10 if scale == "tiny" else 1000)
 
     c.mesh = config_blocks.mesh()
     c.checkpoint = config_blocks.checkpoint(every=10 if scale == "tiny" else 1000 if scale == "demo" else 10_000)

@@ -91,7 +91,8 @@ def _print_eval(run, batches, seed, names=None):
                                                               process_count=1, workdir=run.workdir),
         jax.random.key(seed + 1), mesh=run.mesh, workdir=run.workdir)
     metrics = evaluators.run_evaluators(evals, ctx, lambda block: run.params, names=names, batches=batches)
-    units = {"nelbo": " nats/token", "bits_per_token": " bits/token"}
+    units = {"nelbo": " nats/token", "bits_per_token": " bits/token", "unigram_ce": " nats/token",
+             "unigram_bits": " bits/token"}
     for name, (block, _) in evals.items():
         shown = ", ".join(f"{k.split('/', 1)[1]} {v:.4f}{units.get(k.split('/', 1)[1], '')}"
                           for k, v in metrics.items()

@@ -205,7 +205,11 @@ def check_train_config(config, flag_values) -> None:
 
         from dlm_jax.train import loop
 
-        loop.validate_config(copy, jax.device_count(), jax.process_count())
+        method = loop.validate_config(copy, jax.device_count(), jax.process_count())
+        family = getattr(method, "samplers", ())
+        if flag_values.sampler and family and flag_values.sampler not in family:
+            checks.fail("--sampler", flag_values.sampler,
+                        f"a sampler for method {copy.method.name!r}: one of {tuple(family)}")
     if "sample" in copy:
         sample = copy.sample
         if flag_values.steps is None:

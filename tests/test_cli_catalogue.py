@@ -94,9 +94,6 @@ def damaged(trained, tmp_path_factory):
     return workdir
 
 
-def xfail(*values, reason, id):
-    return pytest.param(*values, marks=pytest.mark.xfail(strict=True, reason=reason), id=id)
-
 
 # (id, argv with placeholders, the key the one line must name, an extra substring it must contain).
 # Placeholders: {W} a workdir that does not exist, {RUN} the trained run (read-only cases),
@@ -130,11 +127,8 @@ BAD = [
     pytest.param((*T, "--config.sample.num_samples=0"), "sample.num_samples", ">= 1", id="train-sample-num-0"),
     pytest.param((*T, "--sampler", "nope"), "--sampler", "one of", id="train-sampler-unknown"),
     pytest.param((*T, "--config.sample.sampler=nope"), "sample.sampler", "one of", id="train-config-sampler-unknown"),
-    xfail((*T, "--config.train.steps=1", "--sampler", "fsdfm"), "--sampler", "'mdlm'", id="train-flow-sampler-on-mdlm",
-          reason="trains (writes the workdir: checkpoints, metrics) and only then refuses the sampler: a method's "
-                 "sampler family (Method.samplers) is known only after methods/<name>.build; fix belongs in "
-                 "methods/ (declare the family without building) + train/loop.validate_config (check "
-                 "sample.sampler against it)"),
+    pytest.param((*T, "--config.train.steps=1", "--sampler", "fsdfm"), "--sampler", "'mdlm'",
+                 id="train-flow-sampler-on-mdlm"),
     pytest.param((*T, "--evals", "nope"), "--evals", "config.evals", id="train-evals-unknown"),
     pytest.param((*T, "extra"), "arguments", "expected only flags", id="train-positional"),
     # train: values of train keys.
@@ -149,33 +143,19 @@ BAD = [
     pytest.param((*T, "--config.train.schedule=cosinus"), "train.schedule", "one of", id="train-schedule"),
     pytest.param((*T, "--config.train.ema_decay=1.0"), "train.ema_decay", "expected", id="train-ema-decay-1"),
     pytest.param((*T, "--config.train.b2=1.5"), "train.b2", "expected", id="train-b2"),
-    xfail((*T, "--config.train.step_impl=pmap"), "train.step_impl", "one of",
-          reason="train.step_impl is not declared in configs/demo.py, so it cannot be set from the CLI "
-                 "(error: config.train.step_impl: 'pmap'; expected a key the config declares)",
-          id="train-step-impl"),
-    xfail((*T, "--config.train.max_nonfinite_steps=-1"), "train.max_nonfinite_steps", ">= 0",
-          reason="train.max_nonfinite_steps is not declared in configs/demo.py (expected a key the config declares)",
-          id="train-max-nonfinite-neg"),
+    pytest.param((*T, "--config.train.step_impl=pmap"), "train.step_impl", "one of", id="train-step-impl"),
+    pytest.param((*T, "--config.train.max_nonfinite_steps=-1"), "train.max_nonfinite_steps", ">= 0",
+                 id="train-max-nonfinite-neg"),
     # train: model keys.
-    xfail((*T, "--config.model.heads=3"), "model.heads", "", id="model-heads",
-          reason="line is 'width: 64; expected a multiple of heads=3' (key not model.*; models/dit config check) "
-                 "and the tokenizer is written into the workdir first (train/loop.py builds the model after "
-                 "os.makedirs + _prepare_vocab)"),
-    xfail((*T, "--config.model.dtype=float8"), "model.dtype", "", id="model-dtype",
-          reason="line is \"dtype: 'float8'; expected one of ('float32', 'bfloat16')\" (key not model.dtype; "
-                 "models/dit config check) and the tokenizer is written into the workdir first (train/loop.py "
-                 "builds the model after os.makedirs + _prepare_vocab)"),
+    pytest.param((*T, "--config.model.heads=3"), "model.width", "heads=3", id="model-heads"),
+    pytest.param((*T, "--config.model.dtype=float8"), "model.dtype", "", id="model-dtype"),
     pytest.param((*T, "--config.model.name=transformer"), "model.name", "one of", id="model-name"),
     # train: method keys.
     pytest.param((*T, "--config.method.name=sedd"), "method.name", "one of", id="method-name"),
-    xfail((*T, "--config.method.schedule=cubic"), "method.schedule", "one of", id="method-schedule",
-          reason="line is \"schedule: 'cubic'; expected one of (...)\" without the method. prefix "
-                 "(methods/mdlm.py resolves method.schedule unchecked) and the tokenizer is written first "
-                 "(train/loop.py)"),
-    xfail((*T, "--config.method.sampling_eps=1.5"), "method.sampling_eps", "finite number", id="method-sampling-eps",
-          reason="method.sampling_eps is not declared in configs/demo.py (expected a key the config declares)"),
-    xfail((*T, "--config.method.time_input=h"), "method.time_input", "one of", id="method-time-input",
-          reason="method.time_input is not declared in configs/demo.py (expected a key the config declares)"),
+    pytest.param((*T, "--config.method.schedule=cubic"), "method.schedule", "one of", id="method-schedule"),
+    pytest.param((*T, "--config.method.sampling_eps=1.5"), "method.sampling_eps", "finite number",
+                 id="method-sampling-eps"),
+    pytest.param((*T, "--config.method.time_input=h"), "method.time_input", "one of", id="method-time-input"),
     # train: data keys.
     pytest.param((*T, "--config.data.source=web"), "data.source", "one of", id="data-source"),
     pytest.param((*T, "--config.data.seq_len=4096"), "data.seq_len", "max_len", id="data-seq-len-too-long"),
@@ -186,10 +166,8 @@ BAD = [
     pytest.param((*T, "--config.checkpoint.every=-1"), "checkpoint.every", ">= 0", id="checkpoint-every-neg"),
     pytest.param((*T, "--config.evals.eval.kind=bleu"), "evals.eval.kind", "one of", id="evals-kind"),
     pytest.param((*T, "--config.evals.eval.batches=0"), "evals.eval.batches", ">= 1", id="evals-batches-0"),
-    xfail((*T, "--config.init_from.workdir={W}/nope"), "init_from.workdir", "", id="init-from-missing",
-          reason="line is \"workdir: '.../nope'; expected an existing run directory\" (key not init_from.workdir), "
-                 "raised after the tokenizer is written and the model built: runs/init_from.validate only checks "
-                 "that init_from.workdir is a string"),
+    pytest.param((*T, "--config.init_from.workdir={W}/nope"), "init_from.workdir", "a trained run",
+                 id="init-from-missing"),
     pytest.param((*T, "--config.init_from.workdir={RUN}", "--config.init_from.mapping=magic"), "init_from.mapping",
                  "one of", id="init-from-mapping"),
     pytest.param(("train", "--config", TINY, "--workdir", "{FILE}"), "--workdir", "a directory",

@@ -15,7 +15,8 @@ an ``EvalContext`` (the method, the config, batches of a split, a jit helper and
 
 Built in: ``"sums"`` — the method's ``evaluate`` sums reduced over batches
 (``eval.reduce``): ``<x>_sum / num_tokens`` for every sum, plus bits/token and the PPL bound
-beside a NELBO.
+beside a NELBO; ``"unigram"`` (``eval.baselines``) — the split's cross-entropy under the train
+unigram, the score of a model that ignores context.
 """
 
 from __future__ import annotations
@@ -141,3 +142,6 @@ def plain_context(config, method, batches, rng, mesh=None, workdir: str = "") ->
 
     return EvalContext(config=config, method=method, batches=batches, compile=compile_fn,
                        to_device=lambda b: {k: jnp.asarray(v) for k, v in b.items()}, rng=rng, workdir=workdir)
+
+
+from dlm_jax.eval import baselines  # noqa: E402,F401 - registers "unigram"

@@ -94,7 +94,8 @@ def checkpoint_inputs(config) -> dict:
     workdir = mc.get("teacher_workdir", None)
     if not workdir:
         fail("method.teacher_workdir", workdir, "a DFM workdir when just_student=False")
-    return {"teacher": {"workdir": workdir, "step": mc.get("teacher_step", None),
+    step = mc.get("teacher_step", -1)
+    return {"teacher": {"workdir": workdir, "step": None if step is None or step < 0 else step,
                         "weights": resolve(mc, "teacher_weights", "params", prefix="method", check=check_choice,
                                            allowed=TEACHER_WEIGHTS)}}
 
@@ -125,6 +126,8 @@ def build(config, apply_fn: Callable, *, inputs: dict | None = None) -> Method:
     tau = resolve(mc, "tau", 1.0, prefix="method", check=check_float, min=0.0, min_open=True)
     just_student = resolve(mc, "just_student", True, prefix="method", check=check_bool)
     resolve(mc, "teacher_weights", "params", prefix="method", check=check_choice, allowed=TEACHER_WEIGHTS)
+    resolve(mc, "teacher_workdir", "", prefix="method")  # read by checkpoint_inputs (just_student=False)
+    resolve(mc, "teacher_step", -1, prefix="method", check=check_int, min=-1)
     num_points = resolve(mc, "elbo_points", 32, prefix="method", check=check_int, min=1)
     elbo_eps = resolve(mc, "elbo_eps", 1e-3, prefix="method", check=check_float, min=0.0, max=1.0, max_open=True)
     default_sampler = resolve(mc, "sampler", "fsdfm", prefix="method", check=check_str)

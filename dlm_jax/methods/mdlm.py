@@ -54,7 +54,7 @@ from dlm_jax.checks import check_bool, check_choice, check_float, check_str, res
 from dlm_jax.methods.base import Method, masked_mean, vocab_size_from_config
 from dlm_jax.models.registry import ModelSpec
 from dlm_jax.processes.masking import forward_mask
-from dlm_jax.processes.schedules import MaskingSchedule, get_schedule
+from dlm_jax.processes.schedules import MaskingSchedule, get_schedule, schedule_names
 
 __all__ = [
     "antithetic_times",
@@ -169,7 +169,8 @@ def denoise_fn(apply_fn: Callable, params, vocab_size: int, schedule: MaskingSch
 def schedule_from_config(method_cfg) -> MaskingSchedule:
     """The schedule named by ``method.schedule`` with ``method.eps`` / ``method.exponent``
     (defaults written back into ``method_cfg``)."""
-    name = resolve(method_cfg, "schedule", "loglinear", prefix="method")
+    name = resolve(method_cfg, "schedule", "loglinear", prefix="method", check=check_choice,
+                   allowed=schedule_names())
     kw = {"eps": resolve(method_cfg, "eps", None, prefix="method")}
     if name == "poly":
         kw["exponent"] = resolve(method_cfg, "exponent", None, prefix="method")

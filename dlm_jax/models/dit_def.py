@@ -31,7 +31,10 @@ def configure(fields: dict, spec: ModelSpec) -> DiTConfig:
         if given != value:
             checks.fail(f"model.{key}", given, f"{value!r} (what the method needs of its model)")
         fields[key] = value
-    return DiTConfig.from_dict(fields)
+    try:
+        return DiTConfig.from_dict(fields)
+    except ValueError as e:  # DiTConfig names its own fields: say where they live in the run config
+        raise ValueError(f"model.{e}") from None
 
 
 MODEL = ModelDef(configure=configure, make_init=make_init, make_apply=make_apply)

@@ -51,7 +51,14 @@ def validate(block) -> dict | None:
         return None
     from dlm_jax.runs.workdir import WEIGHTS
 
-    return {"workdir": checks.check_str("init_from.workdir", block.get("workdir")),
+    from dlm_jax.runs.workdir import saved_steps
+
+    workdir = checks.check_str("init_from.workdir", block.get("workdir"))
+    try:
+        saved_steps(workdir)
+    except ValueError:
+        checks.fail("init_from.workdir", workdir, "a trained run (a directory with complete checkpoints)")
+    return {"workdir": workdir,
             "step": checks.check_int("init_from.step", block.get("step", -1), min=-1),
             "weights": checks.check_choice("init_from.weights", block.get("weights", "params"), WEIGHTS),
             "mapping": checks.check_choice("init_from.mapping", block.get("mapping", "copy"), mapping_names())}

@@ -53,9 +53,10 @@ STEP_IMPLS = ("jit", "shard_map")
 # Config validation (before anything compiles).
 # ----------------------------------------------------------------------------------------------
 def validate_config(config, num_devices: int, process_count: int = 1, *,
-                    check_method: bool = True, check_source: bool = True) -> None:
-    """One-line ValueErrors naming key, value and what is allowed. ``check_method`` /
-    ``check_source``: check names against the registries (off for injected components)."""
+                    check_method: bool = True, check_source: bool = True):
+    """One-line ValueErrors naming key, value and what is allowed, before anything is written or
+    compiled. ``check_method`` / ``check_source``: check names against the registries (off for
+    injected components). Returns the method built on a probe copy (``check_buildable``), or None."""
     from dlm_jax.methods.base import method_names
     from dlm_jax.models.registry import resolve_name as resolve_model_name
 
@@ -102,6 +103,40 @@ def validate_config(config, num_devices: int, process_count: int = 1, *,
         checks.check_int(f"checkpoint.{key}", config.checkpoint.get(key), min=0)
     init_from.validate(config.get("init_from", None))
     evaluators.eval_blocks(config)
+    method = check_buildable(config) if check_method else None
+    sampler = config.get("sample", {}).get("sampler", None) if "sample" in config else None
+    if method is not None and sampler and method.samplers and sampler not in method.samplers:
+        checks.fail("sample.sampler", sampler, f"a sampler for method {config.method.name!r}: one of {method.samplers}")
+    return method
+
+
+def check_buildable(config):
+    """Build the model and the method on a copy of ``config`` (no params are made, no file is
+    written), so a bad model or method key stops the run before the workdir or the tokenizer is
+    touched. V is provisional when the tokenizer does not exist yet."""
+    from dlm_jax.methods.base import build_method, model_spec
+    from dlm_jax.models import registry
+
+    probe = ml_collections.ConfigDict(config.to_dict())
+    if probe.model.get("vocab_size", None) is None:
+        with probe.unlocked():
+            probe.model.vocab_size = _provisional_vocab(probe.data)
+    model = registry.build(probe, model_spec(probe))
+    return build_method(probe, model.apply, inputs={})
+
+
+def _provisional_vocab(data) -> int:
+    """V of a source's own tokenizer (synthetic sources), else the sentencepiece target size."""
+    try:
+        from dlm_jax.data.registry import get_source, validate_data_config
+
+        cfg = validate_data_config(data)
+        tokenizer = get_source(cfg["source"]).tokenizer
+        if tokenizer is not None:
+            return int(tokenizer(cfg).vocab_size)
+        return int(cfg.get("tokenizer_vocab_size") or 2)
+    except (ValueError, KeyError, ImportError):
+        return int(data.get("tokenizer_vocab_size", 2) or 2)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -225,9 +260,9 @@ def train(config, workdir: str, *, data_fn: Callable | None = None) -> dict[str,
     """
     config = ml_collections.ConfigDict(config.to_dict() if hasattr(config, "to_dict") else config)
     mesh_lib.maybe_initialize_distributed(config)
-    os.makedirs(workdir, exist_ok=True)
     pid, nproc = jax.process_index(), jax.process_count()
     validate_config(config, jax.device_count(), nproc, check_source=data_fn is None)
+    os.makedirs(workdir, exist_ok=True)  # only once the config is known to be good
     if data_fn is None:
         _prepare_vocab(config, workdir)
         data_fn = lambda c, **kw: grain_data(c, workdir=workdir, **kw)  # noqa: E731

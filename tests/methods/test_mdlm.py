@@ -247,7 +247,7 @@ def test_sample_with_real_sampler_equals_direct_oracle_sampling():
 
 def test_build_validates_config():
     apply = lambda p, z, c, **_: None  # noqa: E731
-    with pytest.raises(ValueError, match=r"^schedule: 'nope'; expected one of"):
+    with pytest.raises(ValueError, match=r"^method.schedule: 'nope'; expected one of"):
         build_method(_config(3, schedule="nope"), apply)
     with pytest.raises(ValueError, match=r"^method.time_input: 'x'"):
         build_method(_config(3, time_input="x"), apply)
