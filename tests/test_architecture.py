@@ -88,3 +88,11 @@ def test_layering_rules_hold():
         code = open(os.path.join(ROOT, path)).read()
         for name in names:
             assert not re.search(rf"""["']{name}["']""", code), (path, name)
+
+
+def test_test_file_basenames_are_unique():
+    """pytest imports test files by basename (no __init__.py): two test_x.py in different folders
+    make the whole run error at collection."""
+    names = [f for _, _, files in os.walk(os.path.join(ROOT, "tests")) for f in files
+             if f.startswith("test_") and f.endswith(".py")]
+    assert len(names) == len(set(names)), sorted(n for n in set(names) if names.count(n) > 1)
