@@ -23,7 +23,7 @@ from ml_collections import config_flags
 
 from dlm_jax import cli_args
 
-COMMANDS = ("train", "sample", "eval")
+COMMANDS = ("train", "sample", "eval", "export", "import", "check-parity")
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(_REPO_ROOT, "configs", "demo.py")
 
@@ -36,7 +36,20 @@ flags.DEFINE_string("out", None, "sample: write samples to this JSONL file.")
 flags.DEFINE_integer("seed", 0, "sample/eval: PRNG seed.")
 flags.DEFINE_integer("batches", None, "eval: batches per evaluator (default: each evaluator's own).")
 flags.DEFINE_list("evals", None, "eval: names of config.evals entries to run (default: all).")
-flags.DEFINE_bool("ema", None, "sample/eval: use the EMA params (default config.sample.use_ema).")
+flags.DEFINE_bool("ema", None, "sample/eval/export: use the EMA params (default config.sample.use_ema).")
+flags.DEFINE_string("format", None, "export/import/check-parity: checkpoint layout (dlm_jax, mdlm, fsdfm, llada).")
+flags.DEFINE_string("from", None, "import: the checkpoint file or directory to import.")
+flags.DEFINE_integer("step", None, "export: the checkpoint step (default: the newest).")
+flags.DEFINE_string("max_shard_size", "5GB", "export: split safetensors above this size (e.g. 500MB).")
+flags.DEFINE_string("model", None, "import fsdfm: teacher | student | student_ema.")
+flags.DEFINE_string("source", None, "import fsdfm: the source the checkpoint was trained with (mask | uniform).")
+flags.DEFINE_integer("heads", None, "import: attention heads when the checkpoint does not record them.")
+flags.DEFINE_integer("max_len", None, "import: the model's longest sequence.")
+flags.DEFINE_integer("seq_len", None, "import: the run's sequence length (default min(max_len, 1024)).")
+flags.DEFINE_string("data", None, "import: config.data overrides as a JSON object (e.g. files, tokenizer_path).")
+flags.DEFINE_string("exported", None, "check-parity: an exported checkpoint to compare instead of exporting anew.")
+flags.DEFINE_integer("num_sequences", 4, "check-parity: random sequences to compare.")
+flags.DEFINE_integer("length", None, "check-parity: their length (default data.seq_len).")
 FLAGS = flags.FLAGS
 
 
@@ -135,6 +148,8 @@ def _run(command: str) -> int:
         _print_eval(run, FLAGS.batches, FLAGS.seed, FLAGS.evals)
         return 0
 
+    if command in ("export", "import", "check-parity"):
+        return _interop(command)
     run = runs.load_run(FLAGS.workdir, use_ema=FLAGS.ema)
     if command == "sample":
         steps = FLAGS.steps or list(run.config.get("sample", {}).get("steps", (8,)))
@@ -142,6 +157,24 @@ def _run(command: str) -> int:
     else:
         _print_eval(run, FLAGS.batches, FLAGS.seed, FLAGS.evals)
     return 0
+
+
+def _interop(command: str) -> int:
+    """``export`` / ``import`` / ``check-parity``: ``dlm_jax.export.commands`` does the work."""
+    from dlm_jax.export import commands
+
+    if command == "export":
+        commands.export_command(FLAGS.workdir, FLAGS.format, FLAGS.out, bool(FLAGS.ema), step=FLAGS.step,
+                                max_shard_size=FLAGS.max_shard_size)
+        return 0
+    if command == "import":
+        commands.import_command(FLAGS["from"].value, FLAGS.format, FLAGS.workdir, model=FLAGS.model,
+                                source=FLAGS.source, heads=FLAGS.heads, max_len=FLAGS.max_len, seq_len=FLAGS.seq_len,
+                                data=FLAGS.data, seed=FLAGS.seed if FLAGS["seed"].present else None)
+        return 0
+    result = commands.parity_command(FLAGS.workdir, FLAGS.format, FLAGS.exported, bool(FLAGS.ema),
+                                     num_sequences=FLAGS.num_sequences, length=FLAGS.length, seed=FLAGS.seed)
+    return 0 if result.get("passes") else 1
 
 
 def _drop_orphaned_read_callbacks() -> None:

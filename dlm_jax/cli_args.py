@@ -22,12 +22,22 @@ USAGE = {
     "sample": "python -m dlm_jax sample --workdir DIR [--steps 8,32] [--sampler NAME] [--num-samples K] "
               "[--out FILE.jsonl] [--ema] [--seed S]",
     "eval": "python -m dlm_jax eval --workdir DIR [--evals NAME,...] [--batches N] [--ema] [--seed S]",
+    "export": "python -m dlm_jax export --workdir DIR --format {dlm_jax,mdlm,fsdfm,llada} --out PATH [--ema] "
+              "[--step N] [--max-shard-size 5GB]",
+    "import": "python -m dlm_jax import --from PATH --format F --workdir DIR [--model teacher|student|student_ema] "
+              "[--source mask|uniform] [--heads N] [--max-len N] [--seq-len N] [--data JSON] [--seed S]",
+    "check-parity": "python -m dlm_jax check-parity --workdir DIR [--format F] [--exported PATH] [--ema] "
+                    "[--num-sequences N] [--length L] [--seed S]   (needs torch)",
 }
 FLAG_HELP = {
     "train": ("config", "workdir", "steps", "sampler", "num_samples", "out", "seed", "batches", "evals", "ema"),
     "sample": ("workdir", "steps", "sampler", "num_samples", "out", "seed", "ema"),
     "eval": ("workdir", "evals", "batches", "seed", "ema"),
+    "export": ("workdir", "format", "out", "ema", "step", "max_shard_size"),
+    "import": ("from", "format", "workdir", "model", "source", "heads", "max_len", "seq_len", "data", "seed"),
+    "check-parity": ("workdir", "format", "exported", "ema", "num_sequences", "length", "seed"),
 }
+ALL_FLAGS = tuple(sorted({f for names in FLAG_HELP.values() for f in names}))
 
 
 def configs_dir() -> str:
@@ -149,7 +159,7 @@ def parse_steps(values, key: str = "--steps") -> list[int]:
 def check_flags_of(command: str, argv: list[str]) -> None:
     """Refuse a flag of another command (``eval --steps 8``, ``sample --config x.py``): it would be
     silently ignored."""
-    own, ours = FLAG_HELP[command], FLAG_HELP["train"]
+    own, ours = FLAG_HELP[command], ALL_FLAGS
     for arg in argv[2:]:
         if not arg.startswith("--"):
             continue
@@ -173,7 +183,13 @@ def check_args(command: str, flag_values) -> None:
         from dlm_jax.samplers import SAMPLERS
 
         checks.check_choice("--sampler", flag_values.sampler, tuple(SAMPLERS))
-    out = flag_values.out
+    out = flag_values.out if command in ("train", "sample") else None  # export writes a directory
+    if command in ("export", "import") and not flag_values.format:
+        checks.fail("--format", flag_values.format, "a checkpoint layout: dlm_jax, mdlm, fsdfm or llada")
+    if command == "export" and not flag_values.out:
+        checks.fail("--out", flag_values.out, "the path to export to")
+    if command == "import" and not flag_values["from"].value:
+        checks.fail("--from", flag_values["from"].value, "the checkpoint file or directory to import")
     if out is not None:
         if os.path.isdir(out):
             checks.fail("--out", out, "a file path for the samples (JSONL), not a directory")
