@@ -40,63 +40,34 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     else:  # OpenWebText: point tfds_name / tfds_data_dir at a prepared copy
         c.data = config_blocks.data(seq_len=1024, source="tfds", tfds_name="openwebtext", tokenizer_vocab_size=50257)
 
-    c.model = ml_collections.ConfigDict()
-    c.model.name = "dit"
-    c.model.vocab_size = config_blocks.vocab_size()  # None: the tokenizer's
-    c.model.width, c.model.depth, c.model.heads, c.model.cond_dim = {
-        "tiny": (32, 1, 2, 16), "demo": (128, 4, 4, 64), "paper": (768, 12, 12, 128)}[arg]  # demo = configs/demo.py
-    c.model.input = "vectors"
-    c.model.input_dim = 48
-    c.model.input_adapter = "dsl_converter"  # "dsl_linear": the h = Wz + c ablation (no init_from mapping)
-    c.model.conditioning = "none"
-    c.model.dropout = 0.0
-    c.model.dtype = "bfloat16" if arg == "paper" else "float32"
-
-    c.method = ml_collections.ConfigDict()
-    c.method.name = "dsl"
-    c.method.dim = 48
-    c.method.anchors = "random"
-    c.method.anchor_seed = 42
-    c.method.beta_init = None  # 1/sqrt(d)
-    c.method.highpass = False
-    c.method.snr_gate = False
-    c.method.s_max = 100.0
-    c.method.roar_frac = 10.0
-    c.method.mu = 1.69
-    c.method.sigma = 0.9
-    c.method.ln_clamp = 40.0
-    c.method.per_token = True
-    c.method.loss = "all"
-    c.method.immse_dense = 4 if arg == "tiny" else 16
-    c.method.immse_geometric = 8 if arg == "tiny" else 48
-    c.method.sampler = "dsl_remdm_loop"
-
-    c.train = ml_collections.ConfigDict()
-    if arg == "paper":
-        c.train.steps = 100_000
-        c.train.batch_size = 512
-        c.train.lr = 3e-4
-        c.train.warmup_steps = 1000
-        c.train.ema_decay = 0.9999
-        c.train.compute_dtype = "bfloat16"
-        c.train.log_every = 100
+    paper = arg == "paper"
+    width, depth, heads, cond_dim = {"tiny": (32, 1, 2, 16), "demo": (128, 4, 4, 64),  # demo = configs/demo.py
+                                     "paper": (768, 12, 12, 128)}[arg]
+    # input="vectors" and input_dim = method.dim come from the method; "dsl_linear" is the h = Wz + c ablation
+    # (no init_from mapping); the converter's options (seed, β, residual) are method keys, written back here.
+    c.model = config_blocks.dit(width=width, depth=depth, heads=heads, cond_dim=cond_dim, conditioning="none",
+                                input_adapter="dsl_converter", max_len=16 if arg == "tiny" else 1024,
+                                dtype="bfloat16" if paper else "float32")
+    # β_init: 1/√d at paper scale (METHODS §4.7); 1 (the exact single-token posterior's β, DSL-LLaDA's
+    # "Beta1") for the short CPU runs, where 1/√d leaves LogNormal-SNR tokens near-invisible to the
+    # converter for hundreds of steps (demo, 300 steps: train CE 5.72 vs 4.93 with β = 1, lr 3e-3).
+    c.method = config_blocks.method(
+        "dsl", dim=48, anchors="random", anchor_seed=42, **({} if paper else {"beta_init": 1.0}), highpass=False,
+        snr_gate=False, s_max=100.0, roar_frac=10.0, mu=1.69, sigma=0.9, ln_clamp=40.0, per_token=True, loss="all",
+        immse_dense=4 if arg == "tiny" else 16, immse_geometric=8 if arg == "tiny" else 48,
+        sampler="dsl_remdm_loop")
+    if paper:  # the suggested fine-tuning optimiser (METHODS §4.3)
+        c.train = config_blocks.train(steps=100_000, batch_size=512, lr=3e-4, warmup_steps=1000, ema_decay=0.9999,
+                                      compute_dtype="bfloat16", log_every=100)
     else:
-        c.train.steps = 20 if arg == "tiny" else 300
-        c.train.batch_size = 8 if arg == "tiny" else 32
-        c.train.lr = 3e-3 if arg == "tiny" else 1e-3
-        c.train.warmup_steps = 2 if arg == "tiny" else 30
-        c.train.ema_decay = 0.9 if arg == "tiny" else 0.99
-        c.train.log_every = 5 if arg == "tiny" else 10
-    c.train.schedule = "cosine"
-    c.train.weight_decay = 0.0
-    c.train.b1, c.train.b2 = 0.9, 0.999
-    c.train.grad_clip = 1.0
-    c.train.microbatches = 1
+        c.train = config_blocks.train(steps=20 if arg == "tiny" else 400, batch_size=8 if arg == "tiny" else 32,
+                                      lr=3e-3, warmup_steps=2 if arg == "tiny" else 30,
+                                      ema_decay=0.9 if arg == "tiny" else 0.99, log_every=5 if arg == "tiny" else 10)
 
     c.mesh = config_blocks.mesh()
-    c.checkpoint = config_blocks.checkpoint(every={"tiny": 10, "demo": 150, "paper": 5000}[arg], keep=2)
+    c.checkpoint = config_blocks.checkpoint(every={"tiny": 10, "demo": 200, "paper": 5000}[arg], keep=2)
     c.evals = config_blocks.evals(batches={"tiny": 1, "demo": 2, "paper": 16}[arg],
-                                  every={"tiny": 10, "demo": 150, "paper": 5000}[arg])
+                                  every={"tiny": 10, "demo": 200, "paper": 5000}[arg], unigram=arg == "demo")
     c.init_from = config_blocks.init_from(workdir={"tiny": "", "demo": DEMO_MDLM, "paper": "runs/mdlm_owt"}[arg],
                                           weights="ema" if arg == "demo" else "params", mapping="mdlm_to_dsl")
     c.sample = config_blocks.sample("dsl_remdm_loop", steps=(8,) if arg == "tiny" else (8, 32, 128),
