@@ -35,14 +35,16 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
         c.data = config_blocks.data(seq_len=16, source="markov", markov_vocab=8, markov_seed=0,
                                     markov_concentration=0.5)
     elif arg == "demo":  # configs/demo.py's data and tokenizer, so token ids mean the same thing
-        c.data = config_blocks.data(seq_len=128, source="stdlib", tokenizer_vocab_size=1024,
-                                    tokenizer_path=f"{DEMO_MDLM}/tokenizer/spm_bpe1024.model")
+        demo = config_blocks.sibling(__file__, "demo.py", "demo")
+        c.data = demo.data
+        c.data.tokenizer_path = f"{DEMO_MDLM}/tokenizer/spm_bpe{demo.data.tokenizer_vocab_size}.model"
     else:  # OpenWebText: point tfds_name / tfds_data_dir at a prepared copy
         c.data = config_blocks.data(seq_len=1024, source="tfds", tfds_name="openwebtext", tokenizer_vocab_size=50257)
 
     paper = arg == "paper"
-    width, depth, heads, cond_dim = {"tiny": (32, 1, 2, 16), "demo": (128, 4, 4, 64),  # demo = configs/demo.py
-                                     "paper": (768, 12, 12, 128)}[arg]
+    width, depth, heads, cond_dim = {"tiny": (32, 1, 2, 16), "paper": (768, 12, 12, 128)}.get(arg, (0, 0, 0, 0))
+    if arg == "demo":  # the MDLM demo's DiT, whose weights it starts from
+        width, depth, heads, cond_dim = (demo.model[k] for k in ("width", "depth", "heads", "cond_dim"))
     # input="vectors" and input_dim = method.dim come from the method; "dsl_linear" is the h = Wz + c ablation
     # (no init_from mapping); the converter's options (seed, β, residual) are method keys, written back here.
     c.model = config_blocks.dit(width=width, depth=depth, heads=heads, cond_dim=cond_dim, conditioning="none",

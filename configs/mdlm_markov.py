@@ -7,16 +7,7 @@ reference for FeF and sampler benchmarks on a trained model. Presets: ``default`
 a few CPU minutes), ``tiny`` (tests).
 """
 
-import importlib.util
-import os
-
-
-def _demo():
-    """configs/demo.py loaded by path, so this file works from any working directory."""
-    spec = importlib.util.spec_from_file_location("dlm_jax_configs_demo", os.path.join(os.path.dirname(__file__), "demo.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from dlm_jax import config_blocks
 
 PRESETS = ("default", "tiny")
 
@@ -24,7 +15,7 @@ PRESETS = ("default", "tiny")
 def get_config(arg: str = "default"):
     if arg not in PRESETS:
         raise ValueError(f"config preset: {arg!r}; expected one of {PRESETS}")
-    c = _demo().get_config("tiny")
+    c = config_blocks.sibling(__file__, "demo.py", "tiny")
     c.workdir = "runs/mdlm_markov" if arg == "default" else "runs/mdlm_markov_tiny"
     c.data.source = "markov"
     c.data.markov_vocab = 8

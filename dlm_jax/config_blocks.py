@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ml_collections
 
-__all__ = ["data", "vocab_size", "dit", "method", "train", "mesh", "checkpoint", "evals", "init_from", "sample"]
+__all__ = ["sibling", "data", "vocab_size", "dit", "method", "train", "mesh", "checkpoint", "evals", "init_from", "sample"]
 
 
 def dit(**fields) -> ml_collections.ConfigDict:
@@ -55,6 +55,19 @@ def train(*, steps: int, batch_size: int, lr: float, warmup_steps: int, **overri
         max_nonfinite_steps=10))
     c.update(overrides)
     return c
+
+
+def sibling(config_file: str, name: str, preset: str) -> ml_collections.ConfigDict:
+    """``get_config(preset)`` of the config file ``name`` next to ``config_file`` (pass ``__file__``),
+    loaded by path, so a config built on another works from any working directory."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.abspath(config_file)), name)
+    spec = importlib.util.spec_from_file_location(f"dlm_jax_config_{os.path.splitext(name)[0]}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(preset)
 
 
 def data(seq_len: int, **overrides) -> ml_collections.ConfigDict:
