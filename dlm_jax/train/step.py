@@ -86,21 +86,25 @@ def loss_and_grads(method, state: TrainState, batch, *, microbatches: int = 1, d
 def apply_grads(state: TrainState, loss, metrics, grads, optimizer, schedule, ema_decay: float,
                 guard: bool = True):
     """Optimizer update + EMA; returns ``(new_state, metrics)`` with loss, grad_norm, lr and
-    ``skipped`` added. A step whose loss, gradient norm or update norm is not finite changes
-    nothing but the step counter (``skipped = 1``): a good state is never replaced by a bad one.
-    ``guard=False`` drops that select (benchmarks measure its cost side by side)."""
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    ema = optim.ema_update(state.ema_params, params, ema_decay)
+    ``skipped`` added. A step whose loss or gradient norm is not finite changes nothing but the
+    step counter (``skipped = 1``): a good state is never replaced by a bad one. The update runs
+    under ``lax.cond``, so a finite step pays no select over the state. ``guard=False`` applies the
+    update unconditionally (benchmarks measure the guard's cost side by side)."""
     grad_norm = optax.tree.norm(grads)
-    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.tree.norm(updates))
-    if not guard:
-        ok = jnp.asarray(True)
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
+
+    def update(_):
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        return params, opt_state, optim.ema_update(state.ema_params, params, ema_decay)
+
+    def skip(_):
+        return state.params, state.opt_state, state.ema_params
+
+    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    params, opt_state, ema = jax.lax.cond(ok, update, skip, None) if guard else update(None)
     metrics = dict(metrics, loss=loss, grad_norm=grad_norm, lr=jnp.asarray(schedule(state.step), jnp.float32),
-                   skipped=1.0 - ok.astype(jnp.float32))
-    new = state.replace(step=state.step + 1, params=keep(params, state.params),
-                        opt_state=keep(opt_state, state.opt_state), ema_params=keep(ema, state.ema_params))
+                   skipped=1.0 - (ok if guard else jnp.asarray(True)).astype(jnp.float32))
+    new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)
     return new, metrics
 
 
