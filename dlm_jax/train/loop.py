@@ -12,7 +12,7 @@ Reads (``ml_collections.ConfigDict``; optional keys in brackets with their defau
 * ``train``: ``steps``, ``batch_size`` (global), ``lr``, ``warmup_steps``, ``schedule``,
   [``final_lr_frac`` 0.1], ``weight_decay``, ``b1``, ``b2``, [``eps`` 1e-8], ``grad_clip``,
   ``ema_decay``, ``microbatches``, [``compute_dtype`` None], [``step_impl`` "jit" | "shard_map"],
-  ``log_every``, [``max_nonfinite_steps`` 10]: a step with a non-finite loss, gradient or update
+  ``log_every``, [``max_nonfinite_steps`` 10]: a step with a non-finite loss or gradient
   is skipped (state unchanged, ``skipped`` = 1 in the metrics); this many in a row halt the run
   with a one-line error, the last good checkpoint untouched (0 = never halt).
 * [``evals``]: evaluators (``eval.evaluators``), each run every ``every`` steps and at the end.
