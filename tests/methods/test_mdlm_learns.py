@@ -6,7 +6,6 @@ the untrained model, approaching the exact entropy rate.
 """
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
