@@ -27,14 +27,10 @@ def _check_config(config) -> DiTConfig:
 def make_init(config: DiTConfig):
     """(graphdef, init) with a pure `init(key) -> params`; jit it with out_shardings to initialise a large
     model directly sharded (no host copy)."""
+    from dlm_jax.models.registry import module_init
+
     config = _check_config(config)
-    graphdef, _ = abstract_model(config)
-
-    def init(key):
-        with nnx.use_eager_sharding(False):
-            return nnx.split(DiT(config, rngs=nnx.Rngs(params=key)))[1]
-
-    return graphdef, init
+    return module_init(lambda rngs: DiT(config, rngs=rngs))
 
 
 def build_model(config: DiTConfig, seed: int):

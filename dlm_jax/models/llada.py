@@ -36,7 +36,7 @@ from flax import nnx
 from dlm_jax import checks
 from dlm_jax.models.attention import apply_rotary, xla_attention
 from dlm_jax.models.layers import Dense, make_param, ones_init, torch_uniform
-from dlm_jax.models.registry import ModelDef, ModelSpec, register_model
+from dlm_jax.models.registry import ModelDef, ModelSpec, module_init, register_model
 
 COND_KEYS = ("t", "padding_mask")
 DTYPES = ("float32", "bfloat16")
@@ -224,21 +224,7 @@ class LLaDA(nnx.Module):
 # ----------------------------------------------------------------------------------------------
 def make_init(cfg: LLaDAConfig):
     """(graphdef, pure init(key) -> params), built without eager sharding (logical names kept)."""
-    box = []
-
-    def build():
-        with nnx.use_eager_sharding(False):
-            graphdef, state = nnx.split(LLaDA(cfg, rngs=nnx.Rngs(params=0)))
-        box.append(graphdef)
-        return state
-
-    jax.eval_shape(build)
-
-    def init(key):
-        with nnx.use_eager_sharding(False):
-            return nnx.split(LLaDA(cfg, rngs=nnx.Rngs(params=key)))[1]
-
-    return box[0], init
+    return module_init(lambda rngs: LLaDA(cfg, rngs=rngs))
 
 
 def make_apply(graphdef):

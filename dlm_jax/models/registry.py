@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 from dlm_jax import checks
 
-__all__ = ["ModelSpec", "ModelDef", "Model", "register_model", "model_names", "get_model_def", "build", "resolve_name",
+__all__ = ["ModelSpec", "ModelDef", "Model", "register_model", "model_names", "get_model_def", "build", "module_init", "resolve_name",
            "model_fields"]
 
 INPUTS = ("tokens", "vectors")
@@ -74,6 +74,25 @@ class Model:
     graphdef: Any
     init: Callable[[Any], Any]
     apply: Callable[..., Any]
+
+
+def module_init(factory: Callable[[Any], Any]):
+    """``(graphdef, init)`` for an NNX module ``factory(rngs) -> module``: the graphdef traced without
+    allocating, and a pure ``init(key) -> params`` (jit it with out_shardings to build a large model
+    directly sharded). Eager sharding is off, so the logical names stay metadata for the trainer."""
+    import jax
+    from flax import nnx
+
+    box = []
+
+    def build(key):
+        with nnx.use_eager_sharding(False):
+            graphdef, state = nnx.split(factory(nnx.Rngs(params=key)))
+        box.append(graphdef)
+        return state
+
+    jax.eval_shape(build, jax.random.key(0))
+    return box[0], lambda key: build(key)
 
 
 # name -> ModelDef, or "module:attribute" of one (imported on first use).

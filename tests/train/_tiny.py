@@ -23,7 +23,7 @@ from flax import nnx
 
 from dlm_jax.methods.base import Method, register_method
 from dlm_jax.models.api import make_apply
-from dlm_jax.models.registry import ModelDef, ModelSpec, register_model
+from dlm_jax.models.registry import ModelDef, ModelSpec, module_init, register_model
 
 VOCAB = 32
 
@@ -59,18 +59,7 @@ def build_model(config):
 
 
 def _make_init(fields):
-    def init(key):
-        with nnx.use_eager_sharding(False):
-            return nnx.split(TinyNet(VOCAB, fields.get("width", 16), fields.get("hidden", 32),
-                                     nnx.Rngs(key)), nnx.Param)[1]
-    box = []
-    jax.eval_shape(lambda: box.append(_split_graphdef(fields)))
-    return box[0], init
-
-
-def _split_graphdef(fields):
-    with nnx.use_eager_sharding(False):
-        return nnx.split(TinyNet(VOCAB, fields.get("width", 16), fields.get("hidden", 32), nnx.Rngs(0)), nnx.Param)[0]
+    return module_init(lambda rngs: TinyNet(VOCAB, fields.get("width", 16), fields.get("hidden", 32), rngs))
 
 
 register_model("tiny_mlp", ModelDef(configure=lambda fields, spec: dict(fields), make_init=_make_init,
