@@ -53,6 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dlm_jax.data.pipeline import markov_language
+from dlm_jax.eval.baselines import sample_unigram_entropy_bits
 from dlm_jax.runs import load_run
 from dlm_jax.samplers.localization import encode_state
 from dlm_jax.train import loop
@@ -69,14 +70,6 @@ def _config_module(name):
     return module
 
 
-def unigram_entropy_bits(samples: np.ndarray) -> float:
-    """Mean over samples of the Shannon entropy (bits) of each sample's token histogram."""
-    out = []
-    for row in samples:
-        _, counts = np.unique(row, return_counts=True)
-        p = counts / counts.sum()
-        out.append(float(-(p * np.log2(p)).sum()))
-    return float(np.mean(out))
 
 
 def mdlm_config(steps, batch, seq_len):
@@ -123,7 +116,7 @@ def _score(tokens, oracle):
     tokens = np.asarray(tokens)
     nll = -np.asarray(oracle.log_prob(tokens), np.float64) / tokens.shape[1]
     return {"nll": float(nll.mean()), "nll_se": float(nll.std(ddof=1) / np.sqrt(len(nll))),
-            "entropy_bits": unigram_entropy_bits(tokens)}
+            "entropy_bits": sample_unigram_entropy_bits(tokens)}
 
 
 def _evaluate(run, key, *, sampler, steps, samples, oracle, **kw):

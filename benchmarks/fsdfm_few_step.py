@@ -39,18 +39,11 @@ sys.path.insert(0, os.path.join(ROOT, "configs"))
 import fsdfm as fsdfm_configs  # noqa: E402  (configs/fsdfm.py)
 
 from dlm_jax.data.pipeline import markov_language  # noqa: E402
+from dlm_jax.eval.baselines import sample_unigram_entropy_bits  # noqa: E402
 from dlm_jax.runs import load_run  # noqa: E402
 from dlm_jax.train import loop  # noqa: E402
 
 
-def unigram_entropy_bits(samples: np.ndarray) -> float:
-    """Mean over samples of the Shannon entropy (bits) of each sample's token histogram (§6.5)."""
-    out = []
-    for row in samples:
-        _, counts = np.unique(row, return_counts=True)
-        p = counts / counts.sum()
-        out.append(float(-(p * np.log2(p)).sum()))
-    return float(np.mean(out))
 
 
 def _train(preset: str, workdir: str, steps: int, init_from: str = "", **method):
@@ -83,7 +76,7 @@ def _evaluate(method, params, key, *, steps, sampler, samples, oracle):
     wall = time.perf_counter() - t0
     nll = -np.asarray(oracle.log_prob(tokens), np.float64) / tokens.shape[1]
     return {"nll": float(nll.mean()), "nll_se": float(nll.std() / np.sqrt(len(nll))),
-            "entropy_bits": unigram_entropy_bits(tokens), "nfe": int(info["nfe"]), "wall_s": wall,
+            "entropy_bits": sample_unigram_entropy_bits(tokens), "nfe": int(info["nfe"]), "wall_s": wall,
             "compile_s": compile_s}
 
 
@@ -115,7 +108,7 @@ def main():
     data = np.asarray(oracle.sample(jax.random.key(7), args.samples))
     data_nll = -np.asarray(oracle.log_prob(data), np.float64) / data.shape[1]
     reference = {"nll": float(data_nll.mean()), "nll_se": float(data_nll.std() / np.sqrt(len(data_nll))),
-                 "entropy_bits": unigram_entropy_bits(data), "entropy_rate": oracle.entropy() / data.shape[1]}
+                 "entropy_bits": sample_unigram_entropy_bits(data), "entropy_rate": oracle.entropy() / data.shape[1]}
 
     base = next(r for _, s, n, r in rows if s == "dfm_euler" and n == 1024)
     s8 = next(r for who, _, n, r in rows if who.startswith("FS") and n == 8)

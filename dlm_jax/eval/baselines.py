@@ -56,3 +56,14 @@ class UnigramEvaluator:
 
 
 register_evaluator("unigram", UnigramEvaluator)
+
+
+def sample_unigram_entropy_bits(samples) -> float:
+    """Mean over samples of the Shannon entropy (bits) of each sample's token histogram: low values
+    reveal degenerate, repetitive samples that a low NLL alone would hide (FS-DFM §6.5)."""
+    out = []
+    for row in np.asarray(samples):
+        _, counts = np.unique(row, return_counts=True)
+        p = counts / counts.sum()
+        out.append(float(-(p * np.log2(p)).sum()))
+    return float(np.mean(out))
