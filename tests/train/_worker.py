@@ -92,6 +92,9 @@ def crash_save():
     ck.save(1, state)
     ck.wait()
     ck.save(2, dict(state, step=np.int32(2)))
+    deadline = time.time() + 30  # die while step 2 is being written (its tmp dir exists), not before
+    while time.time() < deadline and not any(d.startswith("2.orbax-checkpoint-tmp") for d in os.listdir(ck.directory)):
+        time.sleep(0.005)
     print(json.dumps({"dirs": sorted(os.listdir(ck.directory))}), flush=True)
     os._exit(3)
 
