@@ -81,6 +81,7 @@ _REGISTRY: dict[str, Any] = {
     "dfm": "dlm_jax.methods.dfm",
     "fsdfm": "dlm_jax.methods.fsdfm",
     "dsl": "dlm_jax.methods.dsl",
+    "ar": "dlm_jax.methods.ar",
 }
 
 

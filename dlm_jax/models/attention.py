@@ -51,8 +51,14 @@ ROPES = {"rotate_half": apply_rotary, "split_halves": apply_rotary_split}
 
 
 def xla_attention(q, k, v, mask=None):
-    """`jax.nn.dot_product_attention` (float32 logits and softmax). q, k, v [B, L, H, D]; mask [B, 1, 1, L]."""
+    """`jax.nn.dot_product_attention` (float32 logits and softmax). q, k, v [B, L, H, D]; mask [B, 1, 1|L, L]."""
     return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=False)
+
+
+def causal_mask(length: int, key_mask=None):
+    """[1 | B, 1, L, L] bool: query i sees key j iff j <= i (and the key is real when `key_mask` [B, L] is given)."""
+    tri = jnp.tril(jnp.ones((length, length), bool))[None, None]
+    return tri if key_mask is None else tri & key_mask[:, None, None, :]
 
 
 def einsum_attention(q, k, v, mask=None):
@@ -71,17 +77,17 @@ ATTENTIONS = {"xla": xla_attention, "einsum": einsum_attention}
 class Attention(nnx.Module):
     """qkv projection [width -> 3 x heads x head_dim] (no bias), rotary q/k, softmax attention, out projection.
 
-    Bidirectional; `key_mask` [B, L] (True = real token) stops every query attending to padded keys.
+    Bidirectional unless `causal` (then query i sees keys <= i only); `key_mask` [B, L] (True = real token) stops every query attending to padded keys.
     impl / qkv_impl / rope_impl: see `DiTConfig` (defaults: the reference implementations).
     """
 
     def __init__(self, width: int, heads: int, *, dtype=jnp.float32, impl: str = "xla", qkv_impl: str = "fused",
-                 rope_impl: str = "rotate_half", rngs: nnx.Rngs):
+                 rope_impl: str = "rotate_half", causal: bool = False, rngs: nnx.Rngs):
         hd = width // heads
         self.qkv = Dense((width,), (3, heads, hd), ("embed", None, "heads", "kv"), use_bias=False,
                          dtype=dtype, rngs=rngs)
         self.out = Dense((heads, hd), (width,), ("heads", "kv", "embed"), use_bias=False, dtype=dtype, rngs=rngs)
-        self.impl, self.qkv_impl, self.rope_impl = impl, qkv_impl, rope_impl
+        self.impl, self.qkv_impl, self.rope_impl, self.causal = impl, qkv_impl, rope_impl, causal
 
     def qkv_rotated(self, x: jax.Array, cos: jax.Array, sin: jax.Array):
         """q, k (rotated) and v, each [B, L, heads, head_dim] in the compute dtype."""
@@ -97,5 +103,8 @@ class Attention(nnx.Module):
 
     def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, key_mask: jax.Array | None = None):
         q, k, v = self.qkv_rotated(x, cos, sin)
-        mask = None if key_mask is None else key_mask[:, None, None, :]
+        if self.causal:
+            mask = causal_mask(x.shape[1], key_mask)
+        else:
+            mask = None if key_mask is None else key_mask[:, None, None, :]
         return self.out(ATTENTIONS[self.impl](q, k, v, mask))

@@ -44,7 +44,7 @@ class DiTBlock(nnx.Module):
         self.fuse = _fuser(cfg, rngs)
         self.norm1 = LayerNorm(cfg.width, dtype=dt, rngs=rngs)
         self.attn = Attention(cfg.width, cfg.heads, dtype=dt, impl=cfg.attention_impl, qkv_impl=cfg.qkv_impl,
-                              rope_impl=cfg.rope_impl, rngs=rngs)
+                              rope_impl=cfg.rope_impl, causal=cfg.causal, rngs=rngs)
         self.norm2 = LayerNorm(cfg.width, dtype=dt, rngs=rngs)
         self.mlp = MLP(cfg.width, cfg.mlp_ratio, dtype=dt, rngs=rngs)
         # [cond, 6, width]; chunk order (shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp) as MDLM.

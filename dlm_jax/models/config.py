@@ -52,6 +52,8 @@ class DiTConfig:
     dtype: compute dtype of activations; params are always float32, logits float32.
     identity_h_init: ("th" only) initialise the fusers so the student computes the "t" teacher's function
         exactly (see `init_student_from_teacher`).
+    causal: False (default, bidirectional) or True: query i attends only to keys <= i (the AR baseline,
+        `methods/ar.py`); off computes exactly what it computed before the switch existed.
     input_adapter: name of the input adapter in the registry of adapters.py: "default" (token_embedding
         for input="tokens", linear for "vectors"), "token_embedding", "linear", or a name a method
         registered with `register_input_adapter` (e.g. DSL's soft-retrieval converter).
@@ -83,6 +85,7 @@ class DiTConfig:
     dtype: str = "float32"
     identity_h_init: bool = False
     input_adapter: str = "default"
+    causal: bool = False
     attention_impl: str = "xla"
     qkv_impl: str = "fused"
     rope_impl: str = "rotate_half"
@@ -104,7 +107,7 @@ class DiTConfig:
             bad("input", f"one of {INPUTS}")
         if self.dtype not in DTYPES:
             bad("dtype", f"one of {DTYPES}")
-        for key in ("per_token_time", "identity_h_init"):
+        for key in ("per_token_time", "identity_h_init", "causal"):
             if not isinstance(getattr(self, key), bool):
                 bad(key, "a bool")
         if self.width % self.heads:
