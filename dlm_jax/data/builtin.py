@@ -144,3 +144,4 @@ register_source("markov", _markov, defaults=dict(markov_vocab=8, markov_seed=0, 
 # No data: samples of an imported checkpoint decode as ids until a real source and tokenizer are set.
 register_source("ids", _ids, defaults=dict(ids_vocab=None),
                 validate=lambda cfg: check_int("data.ids_vocab", cfg["ids_vocab"], min=2), tokenizer=_ids_tokenizer)
+import dlm_jax.data.seq2seq  # noqa: E402,F401  (registers gettext, pairs, tfds_translate, reverse, sort)
