@@ -96,7 +96,8 @@ def module_init(factory: Callable[[Any], Any]):
 
 
 # name -> ModelDef, or "module:attribute" of one (imported on first use).
-_REGISTRY: dict[str, Any] = {"dit": "dlm_jax.models.dit_def:MODEL", "llada": "dlm_jax.models.llada:MODEL"}
+_REGISTRY: dict[str, Any] = {"dit": "dlm_jax.models.dit_def:MODEL", "llada": "dlm_jax.models.llada:MODEL",
+                              "encdec": "dlm_jax.models.encdec_def:MODEL"}
 # Keys of config.model that belong to the method or the data, not to the model's own config.
 _SHARED_KEYS = ("name", "vocab_size")
 
