@@ -21,7 +21,7 @@ plural forms into ``(msgid, n)`` keys and keeps no file-level error handling. Ha
   (positions removed, so ``%s %s`` matches ``%2$s %1$s``; ``%%`` is text);
 * accelerator markers: a ``_`` or ``&`` before a letter/digit at the start of a word of the
   source marks a mnemonic; it is removed there and one marker of the same kind is removed
-  from the target (German puts them mid-word: ``Ö_ffnen``); ``__``/``&&`` become ``_``/``&``;
+  from the target (German puts them mid-word: ``Ö_ffnen``); there ``__``/``&&`` become ``_``/``&``;
 * dropped: the header, empty or untranslated entries (``msgfmt`` leaves fuzzy ones out of
   ``.mo`` files already), multi-line ones (a newline, carriage return or tab on either side),
   pairs whose target equals the source, and pairs outside ``[min_chars, max_chars]`` characters;
@@ -149,7 +149,7 @@ _SOURCE_MARK = re.compile(r"(?<![A-Za-z0-9_&])([_&])(?=[^\W_])(?![A-Za-z]+;)")
 def strip_accelerator(source: str, target: str) -> tuple[str, str]:
     """Remove a mnemonic marker: one ``_``/``&`` at a word start of ``source`` before a letter or
     digit (not an HTML entity like ``&amp;``), and one of the same kind before a letter/digit in
-    ``target``. ``__``/``&&`` (escaped markers) become single characters on both sides."""
+    ``target``; in such labels ``__``/``&&`` (escaped markers) become single characters."""
     marks = _SOURCE_MARK.findall(source.replace("__", "").replace("&&", ""))
     if len(marks) == 1:
         char = marks[0]
@@ -193,7 +193,8 @@ def _catalog(paths: Iterable[str], plurals: str) -> dict[tuple, str]:
         try:
             entries = read_mo(path)
         except (OSError, ValueError) as e:
-            warnings.warn(f"skipping malformed gettext catalog {path}: {e}", stacklevel=3)
+            reason = str(e) if isinstance(e, ValueError) else f"{path}: {e}"
+            warnings.warn(f"skipping malformed gettext catalog: {reason}", stacklevel=3)
             continue
         for e in entries:
             if e.msgstr and not (e.plural and plurals == "skip"):
