@@ -164,7 +164,10 @@ class SymbolTokenizer:
         return (symbols + self.OFFSET).astype(np.int32)
 
     def decode(self, ids):
-        """Ids ``[n]`` -> "3 0 15" (special and mask ids dropped); ``[B, n]`` -> a list of strings."""
+        """Ids ``[n]`` -> "3 0 15" (special and mask ids dropped); ``[B, n]`` (or a list of id
+        lists) -> a list of strings."""
+        if isinstance(ids, (list, tuple)) and ids and not np.isscalar(ids[0]):
+            return [self.decode(row) for row in ids]
         arr = np.asarray(ids)
         if arr.ndim > 1:
             return [self.decode(row) for row in arr]
