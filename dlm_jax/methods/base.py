@@ -82,6 +82,7 @@ _REGISTRY: dict[str, Any] = {
     "fsdfm": "dlm_jax.methods.fsdfm",
     "dsl": "dlm_jax.methods.dsl",
     "ar": "dlm_jax.methods.ar",
+    "fastdiss": "dlm_jax.methods.fastdiss",
 }
 
 
