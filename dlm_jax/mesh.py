@@ -204,4 +204,7 @@ def maybe_initialize_distributed(config) -> bool:
                                    process_id=pid, **kw)
     else:
         raise ValueError(f"mesh.distributed: {mode!r}; expected one of ('off', 'auto', 'explicit')")
+    from dlm_jax.peers import start_peer_watchdog  # a dead peer: one line and exit 75, not a C++ abort
+
+    start_peer_watchdog(kw["heartbeat_timeout_seconds"])
     return True

@@ -11,7 +11,8 @@
 #
 # Exit codes of the trainer on each worker: 0 finished; 2 bad input (one line on stderr); 75 a
 # preemption notice (SIGTERM, e.g. a spot/preemptible VM) stopped it after saving a checkpoint:
-# rerun this script when the slice is back and it resumes from that checkpoint.
+# rerun this script when the slice is back and it resumes from that checkpoint. 75 also when another
+# worker died (one `dlm_jax:` line): rerun, it resumes from the last checkpoint.
 set -euo pipefail
 : "${TPU:?set TPU to the TPU VM name}" "${ZONE:?set ZONE}"
 gcloud compute tpus tpu-vm ssh "$TPU" --zone "$ZONE" --worker=all --command \

@@ -211,6 +211,40 @@ def test_two_processes_match_one_process(tmp_path):
     assert data == ["commit_success.txt", "process_0-of-2.json", "process_1-of-2.json"]
 
 
+@pytest.mark.slow
+def test_dead_peer_ends_the_survivor_with_one_line(tmp_path):
+    """Process 1 of a two-process job is SIGKILLed after step 1: process 0 (also the coordinator)
+    exits with code 75 and one ``dlm_jax:`` line within the watchdog's 5 s (heartbeat timeout 10 s),
+    not XLA's fatal log with a C++ stack trace (SIGABRT)."""
+    import socket
+
+    from dlm_jax.peers import PEER_LOST_EXIT_CODE
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    workdir = str(tmp_path)
+    workers = [_worker(dict(mode="train", devices=2, workdir=workdir, sleep=0.5, train=dict(steps=200),
+                            mesh=dict(data=2, fsdp=2, tensor=1, strategy="fsdp"), checkpoint=dict(every=1000),
+                            distributed=dict(port=port, process_id=i, num_processes=2)))
+               for i in range(2)]
+    metrics = os.path.join(workdir, "metrics.jsonl")
+    deadline = time.time() + 180
+    while time.time() < deadline and not (os.path.exists(metrics) and open(metrics).read().strip()):
+        assert workers[0].poll() is None and workers[1].poll() is None
+        time.sleep(0.1)
+    workers[1].kill()
+    killed = time.time()
+    workers[1].communicate(timeout=60)
+    _, err = workers[0].communicate(timeout=60)
+    elapsed = time.time() - killed
+    assert workers[0].returncode == PEER_LOST_EXIT_CODE, err[-3000:]
+    lines = [line for line in err.splitlines() if line.startswith("dlm_jax:")]
+    assert lines == ["dlm_jax: process 0 stops: process 1 of this job died or stopped answering for 5 s; "
+                     "restart the job and it resumes from the last checkpoint"], err[-3000:]
+    assert "stack trace" not in err and elapsed < 10.0, (elapsed, err[-3000:])
+
+
 @pytest.mark.parametrize("section, key, value, match", [
     ("train", "batch_size", 12, r"^train.batch_size: 12; expected a multiple of the data-parallel size 8"),
     ("mesh", "data", 3, r"^mesh: .*expected a product equal to the 8 available devices$"),
