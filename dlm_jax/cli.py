@@ -4,6 +4,7 @@
     python -m dlm_jax train --config configs/demo.py:tiny --workdir runs/t --config.train.steps=50
     python -m dlm_jax sample --workdir runs/demo --steps 8,32 --sampler remdm_loop --num-samples 4
     python -m dlm_jax eval --workdir runs/demo
+    python -m dlm_jax eval --workdir runs/demo --steps 8,32 --metrics gen_ppl,entropy --judge run:runs/ar_judge
 
 Thin by design: parse flags, call one function of ``dlm_jax.train`` / ``dlm_jax.runs`` /
 ``dlm_jax.eval``; it knows no model, method or metric by name. ``train`` resumes when the
@@ -36,6 +37,9 @@ flags.DEFINE_string("out", None, "sample: write samples to this JSONL file.")
 flags.DEFINE_integer("seed", 0, "sample/eval: PRNG seed.")
 flags.DEFINE_integer("batches", None, "eval: batches per evaluator (default: each evaluator's own).")
 flags.DEFINE_list("evals", None, "eval: names of config.evals entries to run (default: all).")
+flags.DEFINE_list("metrics", None, "eval: sample and score these quality metrics (dlm_jax.eval.quality_run).")
+flags.DEFINE_string("judge", None, "eval --metrics: the judge LM, run:<workdir> (an AR run) or hf:<folder> (GPT-2).")
+flags.DEFINE_integer("batch_size", 16, "eval --metrics: samples per vmapped call (results do not depend on it).")
 flags.DEFINE_bool("ema", None, "sample/eval/export: use the EMA params (default config.sample.use_ema).")
 flags.DEFINE_string("format", None, "export/import/check-parity: checkpoint layout (dlm_jax, mdlm, fsdfm, llada).")
 flags.DEFINE_string("from", None, "import: the checkpoint file or directory to import.")
@@ -150,12 +154,33 @@ def _run(command: str) -> int:
 
     if command in ("export", "import", "check-parity"):
         return _interop(command)
+    if command == "eval" and FLAGS.metrics:
+        return _quality()
     run = runs.load_run(FLAGS.workdir, use_ema=FLAGS.ema)
     if command == "sample":
         steps = FLAGS.steps or list(run.config.get("sample", {}).get("steps", (8,)))
         _print_samples(run, steps, FLAGS.sampler, FLAGS.num_samples or 4, FLAGS.seed, FLAGS.out)
     else:
         _print_eval(run, FLAGS.batches, FLAGS.seed, FLAGS.evals)
+    return 0
+
+
+def _quality() -> int:
+    """``eval --metrics``: ``dlm_jax.eval.quality_run`` checks the request, samples, scores and writes."""
+    from dlm_jax import runs
+    from dlm_jax.eval import quality_run
+
+    num_samples = FLAGS.num_samples or 16
+    quality_run.check_request(FLAGS.metrics, FLAGS.judge, num_samples)
+    run = runs.load_run(FLAGS.workdir, use_ema=FLAGS.ema)
+    cli_args.check_sampler_family(FLAGS.sampler, run)
+    steps = cli_args.parse_steps(FLAGS.steps or list(run.config.get("sample", {}).get("steps", (8,))))
+    out = FLAGS.out or os.path.join(FLAGS.workdir, "quality", f"{FLAGS.sampler or 'default'}.json")
+    result = quality_run.run_quality(run, steps_list=steps, sampler=FLAGS.sampler, metrics=FLAGS.metrics,
+                                     judge=FLAGS.judge, num_samples=num_samples, seed=FLAGS.seed,
+                                     batch_size=FLAGS.batch_size, out=out)
+    print("\n".join(quality_run.summary_lines(result)))
+    print(f"\nwrote {out} and {result.get('plot')}")
     return 0
 
 

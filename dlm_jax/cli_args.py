@@ -21,7 +21,9 @@ USAGE = {
     "train": "python -m dlm_jax train [--config configs/<name>.py[:preset]] [--workdir DIR] [--config.<key>=<value> ...]",
     "sample": "python -m dlm_jax sample --workdir DIR [--steps 8,32] [--sampler NAME] [--num-samples K] "
               "[--out FILE.jsonl] [--ema] [--seed S]",
-    "eval": "python -m dlm_jax eval --workdir DIR [--evals NAME,...] [--batches N] [--ema] [--seed S]",
+    "eval": "python -m dlm_jax eval --workdir DIR [--evals NAME,...] [--batches N] [--ema] [--seed S]\n"
+            "  python -m dlm_jax eval --workdir DIR --metrics gen_ppl,entropy,... [--judge run:DIR2|hf:FOLDER] "
+            "[--steps 8,32] [--sampler NAME] [--num-samples N] [--batch-size B] [--out FILE.json]",
     "export": "python -m dlm_jax export --workdir DIR --format {dlm_jax,mdlm,fsdfm,llada} --out PATH [--ema] "
               "[--step N] [--max-shard-size 5GB]",
     "import": "python -m dlm_jax import --from PATH --format F --workdir DIR [--model teacher|student|student_ema] "
@@ -32,7 +34,8 @@ USAGE = {
 FLAG_HELP = {
     "train": ("config", "workdir", "steps", "sampler", "num_samples", "out", "seed", "batches", "evals", "ema"),
     "sample": ("workdir", "steps", "sampler", "num_samples", "out", "seed", "ema"),
-    "eval": ("workdir", "evals", "batches", "seed", "ema"),
+    "eval": ("workdir", "evals", "batches", "seed", "ema", "metrics", "judge", "steps", "sampler", "num_samples",
+             "batch_size", "out"),
     "export": ("workdir", "format", "out", "ema", "step", "max_shard_size"),
     "import": ("from", "format", "workdir", "model", "source", "heads", "max_len", "seq_len", "data", "seed"),
     "check-parity": ("workdir", "format", "exported", "ema", "num_sequences", "length", "seed"),
@@ -183,7 +186,14 @@ def check_args(command: str, flag_values) -> None:
         from dlm_jax.samplers import SAMPLERS
 
         checks.check_choice("--sampler", flag_values.sampler, tuple(SAMPLERS))
-    out = flag_values.out if command in ("train", "sample") else None  # export writes a directory
+    if command == "eval" and not flag_values.metrics:
+        for name in ("judge", "steps", "sampler", "num_samples", "out"):
+            if flag_values[name].present:
+                checks.fail(f"--{name.replace('_', '-')}", flag_values[name].value, "used with --metrics only "
+                            "(eval without --metrics runs config.evals)")
+    if flag_values.batch_size is not None:
+        checks.check_int("--batch-size", flag_values.batch_size, min=1)
+    out = flag_values.out if command in ("train", "sample", "eval") else None  # export writes a directory
     if command in ("export", "import") and not flag_values.format:
         checks.fail("--format", flag_values.format, "a checkpoint layout: dlm_jax, mdlm, fsdfm or llada")
     if command == "export" and not flag_values.out:
@@ -192,7 +202,7 @@ def check_args(command: str, flag_values) -> None:
         checks.fail("--from", flag_values["from"].value, "the checkpoint file or directory to import")
     if out is not None:
         if os.path.isdir(out):
-            checks.fail("--out", out, "a file path for the samples (JSONL), not a directory")
+            checks.fail("--out", out, "a file path (samples JSONL / eval result JSON), not a directory")
         parent = os.path.dirname(os.path.abspath(out))
         existing = parent
         while not os.path.exists(existing):
