@@ -18,6 +18,7 @@ process p of n reads examples ``p, p+n, ...`` of the shuffled global order
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 
@@ -32,7 +33,7 @@ from dlm_jax.data.rows import PadBatch
 from dlm_jax.data.tokenizer import SentencePieceTokenizer, train_sentencepiece
 
 __all__ = ["default_data_config", "build_pipeline", "build_examples", "build_source", "markov_language",
-           "source_names", "train_or_load_tokenizer", "validate_data_config"]
+           "sentencepiece_tokenizer", "source_names", "train_or_load_tokenizer", "validate_data_config"]
 
 
 def build_examples(data_config, split: str = "train", *, seq_len: int | None = None, seed: int = 0):
@@ -49,27 +50,40 @@ def build_source(data_config, split: str = "train", *, seq_len: int | None = Non
 
 
 def train_or_load_tokenizer(data_config, workdir: str | None):
-    """The tokenizer for ``data``: the source's own (``MarkovTokenizer`` for source="markov");
-    otherwise the sentencepiece model at ``data.tokenizer_path`` if set, else ``<workdir>/tokenizer/
-    spm_bpe<V>.model`` — trained on the first ``tokenizer_train_chars`` characters of the train
-    split's texts (examples in a fixed pseudo-random order) when it does not exist yet, reused after."""
+    """The tokenizer for ``data``: the source's own (``MarkovTokenizer`` for source="markov"; a
+    hook taking ``(config, workdir)`` may build it from ``sentencepiece_tokenizer``); otherwise
+    ``sentencepiece_tokenizer(config, workdir)``."""
     cfg = validate_data_config(data_config)
     spec = get_source(cfg["source"])
     if spec.tokenizer is not None:
-        return spec.tokenizer(cfg)
+        try:
+            inspect.signature(spec.tokenizer).bind(cfg, workdir)
+        except TypeError:
+            return spec.tokenizer(cfg)
+        return spec.tokenizer(cfg, workdir)
+    return sentencepiece_tokenizer(cfg, workdir)
+
+
+def sentencepiece_tokenizer(data_config, workdir: str | None, *, texts=None, name: str = "spm"):
+    """The sentencepiece model at ``data.tokenizer_path`` if set, else ``<workdir>/tokenizer/
+    <name>_bpe<V>.model`` — trained on the first ``tokenizer_train_chars`` characters of the train
+    split's texts (examples in a fixed pseudo-random order; ``texts(example)``, default the
+    source's ``Examples.texts``) when it does not exist yet, reused after."""
+    cfg = validate_data_config(data_config)
     if cfg["tokenizer_path"]:
         return SentencePieceTokenizer(cfg["tokenizer_path"])
     if not workdir:
         fail("workdir", workdir, "a directory to keep the trained tokenizer in")
-    path = os.path.join(workdir, "tokenizer", f"spm_bpe{cfg['tokenizer_vocab_size']}.model")
+    path = os.path.join(workdir, "tokenizer", f"{name}_bpe{cfg['tokenizer_vocab_size']}.model")
     if os.path.isfile(path):
         return SentencePieceTokenizer(path)
     _, examples = build_examples(cfg, "train")
     order = np.random.default_rng(0).permutation(len(examples.source))
+    texts = texts or examples.texts
 
     def docs():
         for i in order:
-            yield from examples.texts(examples.source[int(i)])
+            yield from texts(examples.source[int(i)])
 
     return train_sentencepiece(docs(), path, vocab_size=cfg["tokenizer_vocab_size"],
                                max_chars=cfg["tokenizer_train_chars"])
