@@ -14,7 +14,7 @@ data.source        examples
 "reverse", "sort"  synthetic tasks with exact answers (``SymbolTokenizer``: ids = symbols + 4)
 =================  ==================================================================================
 
-Keys (defaults): ``source_len`` 64; ``overlong`` "drop" (a pair whose ids + EOS exceed Ls or Lt is
+Keys (defaults): ``source_len`` 64; ``seq2seq_vocab`` "shared" | "separate"; ``overlong`` "drop" (a pair whose ids + EOS exceed Ls or Lt is
 skipped; "truncate" cuts it, keeping the EOS); ``src_lang`` "en", ``tgt_lang`` "de";
 ``val_fraction`` 0.05, ``test_fraction`` 0.05 (hash split of gettext and pairs);
 ``gettext_dirs`` "/usr/share/locale,/usr/share/locale-langpack", ``gettext_min_chars`` 3,
@@ -24,10 +24,13 @@ TFDS: the ``tfds`` source's ``tfds_name``, ``tfds_split``, ``tfds_val_split``, `
 ``download``; synthetic: ``task_symbols`` 16, ``task_min_len`` 8, ``task_max_len`` 8, ``task_seed`` 0,
 ``task_num_records`` None (infinite iid train draws), ``task_eval_records`` 1024 (validation/test).
 
-Tokenizer: text sources train one sentencepiece model on both sides (``train_or_load_tokenizer``:
-pad 0, bos 1, eos 2, unk 3, ``vocab_size`` V, mask id V); the synthetic tasks use their own
-``SymbolTokenizer`` with the same special ids. A method reads V from ``config.model.vocab_size``
-(the trainer fills it from the tokenizer) and pad/bos/eos from the tokenizer.
+Tokenizer (``train_or_load_tokenizer``): text sources train one sentencepiece model on both sides
+(``seq2seq_vocab="shared"``, the default, as DINOISER's joined dictionary: pad 0, bos 1, eos 2,
+unk 3, ``vocab_size`` V, mask id V) or one per side (``"separate"``: a ``PairTokenizer``, V the
+larger size, both sides' ids in [0, V), decode = the target's, ``decode_source``); the synthetic
+tasks use their own ``SymbolTokenizer`` with the same special ids. A method reads V from
+``config.model.vocab_size`` (the trainer fills it from the tokenizer) and pad/bos/eos from the
+tokenizer (0/1/2 for every tokenizer here).
 
 Rows are padded to fixed lengths on purpose: the jitted train step compiles once per shape, and
 every process of a multi-host run must feed the same global shape each step, so per-batch
@@ -44,13 +47,14 @@ import numpy as np
 from dlm_jax.checks import check_bool, check_choice, check_float, check_int, check_str, fail
 from dlm_jax.data import gettext_pairs as gettext_lib
 from dlm_jax.data.registry import Examples, optional_int, register_source, validate_data_config
-from dlm_jax.data.seq2seq_sources import (SymbolTokenizer, SyntheticTask, TfdsPairSource, read_pair_files,
-                                          split_pairs)
+from dlm_jax.data.seq2seq_sources import (PairTokenizer, SymbolTokenizer, SyntheticTask, TfdsPairSource,
+                                          read_pair_files, split_pairs)
 
 __all__ = ["Seq2SeqRows", "pair_texts", "cut_at_eos", "length_stats", "SOURCES"]
 
 SOURCES = ("gettext", "pairs", "tfds_translate", "reverse", "sort")
 _COMMON = dict(source_len=64, overlong="drop")
+_TEXT = dict(**_COMMON, seq2seq_vocab="shared")  # text sources; the synthetic tasks have their own tokenizer
 _HASH = dict(val_fraction=0.05, test_fraction=0.05)
 _LANGS = dict(src_lang="en", tgt_lang="de")
 
@@ -58,6 +62,7 @@ _LANGS = dict(src_lang="en", tgt_lang="de")
 def _check_common(cfg: dict) -> None:
     check_int("data.source_len", cfg["source_len"], min=2)
     check_choice("data.overlong", cfg["overlong"], ("drop", "truncate"))
+    check_choice("data.seq2seq_vocab", cfg["seq2seq_vocab"], ("shared", "separate"))
 
 
 def _check_hash(cfg: dict) -> None:
@@ -72,16 +77,18 @@ class _Encode:
     """Example -> ``{"source": ids + EOS, "target": ids + EOS}`` (str encoded, int arrays taken as ids)."""
 
     def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
+        self.eos = np.int32(tokenizer.eos_id)
+        self.sides = {"source": getattr(tokenizer, "source_tokenizer", tokenizer),
+                      "target": getattr(tokenizer, "target_tokenizer", tokenizer)}
 
     def __call__(self, example) -> dict[str, np.ndarray]:
         out = {}
-        for field in ("source", "target"):
+        for field, tokenizer in self.sides.items():
             value = example[field]
             if isinstance(value, bytes):
                 value = value.decode("utf-8", errors="replace")
-            ids = self.tokenizer.encode(value) if isinstance(value, str) else value
-            out[field] = np.append(np.asarray(ids, np.int32).ravel(), np.int32(self.tokenizer.eos_id))
+            ids = tokenizer.encode(value) if isinstance(value, str) else value
+            out[field] = np.append(np.asarray(ids, np.int32).ravel(), self.eos)
         return out
 
 
@@ -131,6 +138,35 @@ class Seq2SeqRows:
             ds = ds.filter(_Fits(lengths))
         ds = ds.map(_Pad(lengths, int(tokenizer.pad_id), int(tokenizer.eos_id)))
         return ds.to_iter_dataset(read_options)
+
+
+def _text_tokenizer(cfg: dict, workdir: str | None = None):
+    """Shared (default): one sentencepiece model trained on both sides (``<workdir>/tokenizer/
+    spm_bpe<V>.model``, or ``data.tokenizer_path``). Separate: ``spm_src_bpe<V>.model`` and
+    ``spm_tgt_bpe<V>.model``, each trained on one side (or ``data.tokenizer_path="src.model,tgt.model"``),
+    as a ``PairTokenizer``."""
+    from dlm_jax.data.pipeline import sentencepiece_tokenizer
+    from dlm_jax.data.tokenizer import SentencePieceTokenizer
+
+    if cfg["seq2seq_vocab"] == "shared":
+        return sentencepiece_tokenizer(cfg, workdir)
+    if cfg["tokenizer_path"]:
+        paths = cfg["tokenizer_path"].split(",")
+        if len(paths) != 2:
+            fail("data.tokenizer_path", cfg["tokenizer_path"], "'source.model,target.model' when "
+                 "data.seq2seq_vocab='separate'")
+        return PairTokenizer(*(SentencePieceTokenizer(p) for p in paths))
+    sides = [sentencepiece_tokenizer(cfg, workdir, texts=_Side(side), name=name)
+             for side, name in (("source", "spm_src"), ("target", "spm_tgt"))]
+    return PairTokenizer(*sides)
+
+
+class _Side:
+    def __init__(self, field: str):
+        self.field = field
+
+    def __call__(self, example):
+        return (example[self.field],)
 
 
 def _rows(cfg: dict, check_tokenizer=None) -> Seq2SeqRows:
@@ -320,14 +356,14 @@ def length_stats(pairs, tokenizer, percentiles=(50, 90, 99, 100)) -> dict[str, l
     return out
 
 
-register_source("gettext", _gettext, validate=_check_gettext, defaults=dict(
-    **_COMMON, **_HASH, **_LANGS, gettext_dirs=gettext_lib.DEFAULT_DIRS, gettext_min_chars=3, gettext_max_chars=100,
+register_source("gettext", _gettext, validate=_check_gettext, tokenizer=_text_tokenizer, defaults=dict(
+    **_TEXT, **_HASH, **_LANGS, gettext_dirs=gettext_lib.DEFAULT_DIRS, gettext_min_chars=3, gettext_max_chars=100,
     gettext_plurals="singular", gettext_min_pairs=1000))
-register_source("pairs", _pairs, validate=_check_pairs, defaults=dict(
-    **_COMMON, **_HASH, pairs_files="", pairs_val_files="", pairs_source_key="source", pairs_target_key="target"))
-register_source("tfds_translate", _tfds_translate, validate=_check_tfds_translate, defaults=dict(
-    **_COMMON, **_LANGS, tfds_name="", tfds_split="train", tfds_val_split="validation", tfds_data_dir=None,
-    download=False))
+register_source("pairs", _pairs, validate=_check_pairs, tokenizer=_text_tokenizer, defaults=dict(
+    **_TEXT, **_HASH, pairs_files="", pairs_val_files="", pairs_source_key="source", pairs_target_key="target"))
+register_source("tfds_translate", _tfds_translate, validate=_check_tfds_translate, tokenizer=_text_tokenizer,
+                defaults=dict(**_TEXT, **_LANGS, tfds_name="", tfds_split="train", tfds_val_split="validation",
+                              tfds_data_dir=None, download=False))
 _TASK = dict(**_COMMON, task_symbols=16, task_min_len=8, task_max_len=8, task_seed=0, task_num_records=None,
              task_eval_records=1024)
 for _name in ("reverse", "sort"):

@@ -6,7 +6,8 @@
 * ``TfdsPairSource``     a prepared TFDS translation dataset (``wmt14_translate/de-en``,
                          ``ted_hrlr_translate/pt_to_en``) through ``tfds.data_source``, two language features;
 * ``SyntheticTask``      "reverse"/"sort" over a small vocabulary with exact answers, ids already
-                         tokenized for ``SymbolTokenizer`` (pad 0, bos 1, eos 2, unk 3, symbol k -> 4 + k).
+                         tokenized for ``SymbolTokenizer`` (pad 0, bos 1, eos 2, unk 3, symbol k -> 4 + k);
+* ``PairTokenizer``      separate source and target vocabularies behind the one-tokenizer interface.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 from dlm_jax.checks import fail
 
 __all__ = ["split_pairs", "split_of", "read_pair_files", "TfdsPairSource", "SyntheticTask", "SymbolTokenizer",
-           "PAIR_SPLITS"]
+           "PairTokenizer", "PAIR_SPLITS"]
 
 PAIR_SPLITS = ("train", "validation", "test", "all")
 
@@ -173,6 +174,34 @@ class SymbolTokenizer:
             return [self.decode(row) for row in arr]
         keep = arr[(arr >= self.OFFSET) & (arr < self.vocab_size)]
         return " ".join(str(int(i) - self.OFFSET) for i in keep)
+
+
+class PairTokenizer:
+    """Separate source and target vocabularies behind one tokenizer: ``source_tokenizer`` encodes
+    the source side, ``target_tokenizer`` the target; ``encode``/``decode`` and the special ids
+    (pad 0, bos 1, eos 2, unk 3 in both) are the target's. ``vocab_size`` V is the larger of the
+    two, so both sides' ids lie in ``[0, V)`` (one ``model.vocab_size`` sizes both embedding
+    tables); the same id means different pieces on the two sides, so they must not share a table."""
+
+    def __init__(self, source_tokenizer, target_tokenizer):
+        self.source_tokenizer, self.target_tokenizer = source_tokenizer, target_tokenizer
+        specials = [(t.pad_id, t.bos_id, t.eos_id, t.unk_id) for t in (source_tokenizer, target_tokenizer)]
+        if specials[0] != specials[1]:
+            fail("tokenizers' special ids (pad, bos, eos, unk)", specials, "the same on the source and target side")
+        self.pad_id, self.bos_id, self.eos_id, self.unk_id = specials[1]
+        self.vocab_size = max(int(source_tokenizer.vocab_size), int(target_tokenizer.vocab_size))
+
+    mask_id = property(lambda self: self.vocab_size)
+    input_vocab_size = property(lambda self: self.vocab_size + 1)
+
+    def encode(self, text):
+        return self.target_tokenizer.encode(text)
+
+    def decode(self, ids):
+        return self.target_tokenizer.decode(ids)
+
+    def decode_source(self, ids):
+        return self.source_tokenizer.decode(ids)
 
 
 class SyntheticTask:

@@ -92,6 +92,31 @@ def test_pair_rows_with_a_shared_vocabulary(pair_setup):
         np.testing.assert_array_equal(t[:len(want_t)], want_t)
 
 
+def test_separate_vocabularies(pair_setup, tmp_path):
+    data = {**pair_setup[0], "seq2seq_vocab": "separate", "shuffle": False}
+    tok = train_or_load_tokenizer(data, str(tmp_path))
+    src, tgt = tok.source_tokenizer, tok.target_tokenizer
+    assert sorted(p.name for p in (tmp_path / "tokenizer").iterdir()) == ["spm_src_bpe320.model", "spm_tgt_bpe320.model"]
+    pieces = [{t.id_to_piece(i) for i in range(t.vocab_size)} for t in (src, tgt)]
+    assert "ö" not in pieces[0] and "ö" in pieces[1] and "Q" in pieces[0] and "Q" not in pieces[1]
+    assert tok.vocab_size == max(src.vocab_size, tgt.vocab_size) and (tok.pad_id, tok.eos_id) == (0, 2)
+    rows = [r for b in _batches({**data, "overlong": "truncate"}, tok, l=40)
+            for r in zip(b["source"], b["target"], b["source_mask"]) if r[2][0] == 1]
+    assert len(rows) == len(PAIRS)
+    for (s, t, _), (ps, pt) in zip(rows, PAIRS):
+        want_s = np.append(src.encode(ps)[:11], 2)
+        np.testing.assert_array_equal(s[:len(want_s)], want_s)
+        np.testing.assert_array_equal(t[:len(tgt.encode(pt)) + 1], np.append(tgt.encode(pt), 2))
+        assert tok.decode(t) == pt and tok.decode_source(s) == ps[:len(tok.decode_source(s))]
+    paths = ",".join(str(tmp_path / "tokenizer" / f"spm_{side}_bpe320.model") for side in ("src", "tgt"))
+    again = train_or_load_tokenizer({**data, "tokenizer_path": paths}, None)
+    assert again.source_tokenizer.model_path.endswith("spm_src_bpe320.model")
+    with pytest.raises(ValueError, match=r"^data.tokenizer_path: 'a.model'; expected 'source.model,target.model' "):
+        train_or_load_tokenizer({**data, "tokenizer_path": "a.model"}, None)
+    with pytest.raises(ValueError, match=r"^data.seq2seq_vocab: 'both'; expected one of \('shared', 'separate'\)$"):
+        train_or_load_tokenizer({**data, "seq2seq_vocab": "both"}, None)
+
+
 def test_process_shards_are_disjoint_and_cover():
     data = {**TASK, "task_num_records": 11, "num_epochs": 1}
     tok = SymbolTokenizer(6)
