@@ -15,6 +15,10 @@
 * ``tokenizer``  — ``SentencePieceTokenizer`` (BPE, exact round trips on code; pad 0, bos 1, eos 2,
                    unk 3, mask = V), ``train_sentencepiece``, ``MarkovTokenizer`` (ids = tokens, mask = V).
 * ``local_tfds`` — ``prepare_stdlib_tfds``: the stdlib as a local TFDS dataset (no download).
+* ``seq2seq``    — seq2seq sources ("gettext", "pairs", "tfds_translate", "reverse", "sort") giving
+                   ``source``/``source_mask``/``target``/``target_mask`` rows; ``pair_texts``, ``cut_at_eos``.
+  ``seq2seq_sources`` (pair files, TFDS pairs, synthetic tasks, ``SymbolTokenizer``, ``PairTokenizer``),
+  ``gettext_pairs`` (translation pairs from the machine's ``.mo`` catalogs).
 
 Submodules are imported explicitly (``from dlm_jax.data.pipeline import build_pipeline``). Importing
 this package, ``registry``, ``builtin`` or ``rows`` pulls in neither grain nor TFDS.
