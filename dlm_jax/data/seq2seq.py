@@ -41,6 +41,7 @@ bucketing would recompile and could disagree across hosts. Choose ``source_len``
 from __future__ import annotations
 
 import functools
+import warnings
 
 import numpy as np
 
@@ -116,6 +117,21 @@ class _Pad:
         return out
 
 
+def _probe(encoded, lengths: dict[str, int], n: int = 256) -> None:
+    """Fail (nothing would ever come out) if none of the first ``n`` encoded pairs fits the rows;
+    warn if fewer than half do."""
+    n = min(n, len(encoded))
+    fits = _Fits(lengths)
+    kept = sum(fits(encoded[i]) for i in range(n))
+    where = f"data.source_len={lengths['source']}, seq_len={lengths['target']}"
+    if n and not kept:
+        fail("data.overlong", "drop", f"rows that fit some pairs: none of the first {n} fits ({where}); raise "
+             "the lengths (see seq2seq.length_stats) or set data.overlong='truncate'")
+    if kept < n / 2:
+        warnings.warn(f"data.overlong='drop' keeps {kept} of the first {n} pairs ({where}); see "
+                      "dlm_jax.data.seq2seq.length_stats", stacklevel=3)
+
+
 class Seq2SeqRows:
     """Pairs -> rows of ``source``/``source_mask`` [source_len] and ``target``/``target_mask``
     [seq_len]: encode each side, append EOS, drop (``overlong="drop"``, before padding, so a
@@ -135,6 +151,7 @@ class Seq2SeqRows:
         lengths = {"source": self.source_len, "target": int(seq_len)}
         ds = examples.map(_Encode(tokenizer))
         if self.overlong == "drop":
+            _probe(ds, lengths)
             ds = ds.filter(_Fits(lengths))
         ds = ds.map(_Pad(lengths, int(tokenizer.pad_id), int(tokenizer.eos_id)))
         return ds.to_iter_dataset(read_options)

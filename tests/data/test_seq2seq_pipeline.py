@@ -166,6 +166,13 @@ def test_errors(pair_setup):
     for data, tok, override, msg in cases:
         with pytest.raises(ValueError, match=msg):
             build_pipeline(data, tok, **{**ok, **override})
+    data, tok = pair_setup
+    with pytest.raises(ValueError, match=r"^data.overlong: 'drop'; expected rows that fit some pairs: none of the "
+                                         r"first 10 fits \(data.source_len=3, seq_len=7\); raise the lengths"):
+        build_pipeline({**data, "source_len": 3}, tok, **ok)
+    with pytest.warns(UserWarning, match=r"^data.overlong='drop' keeps 4 of the first 10 pairs \(data.source_len=12, "
+                                         r"seq_len=8\)"):
+        build_pipeline(data, tok, **{**ok, "seq_len": 8})
     from dlm_jax.data.tokenizer import MarkovTokenizer
 
     with pytest.raises(ValueError, match=r"^tokenizer: 'MarkovTokenizer'; expected a tokenizer with pad_id and eos_id"):
