@@ -14,8 +14,9 @@ data.source        examples
 "reverse", "sort"  synthetic tasks with exact answers (``SymbolTokenizer``: ids = symbols + 4)
 =================  ==================================================================================
 
-Keys (defaults): ``source_len`` 64; ``seq2seq_vocab`` "shared" | "separate"; ``overlong`` "drop" (a pair whose ids + EOS exceed Ls or Lt is
-skipped; "truncate" cuts it, keeping the EOS); ``src_lang`` "en", ``tgt_lang`` "de";
+Keys (defaults): ``source_len`` 64; ``seq2seq_vocab`` "shared" | "separate"; ``overlong`` "drop" (a
+pair whose ids + EOS exceed Ls or Lt is skipped; "truncate" cuts it, keeping the EOS);
+``src_lang`` "en", ``tgt_lang`` "de";
 ``val_fraction`` 0.05, ``test_fraction`` 0.05 (hash split of gettext and pairs);
 ``gettext_dirs`` "/usr/share/locale,/usr/share/locale-langpack", ``gettext_min_chars`` 3,
 ``gettext_max_chars`` 100, ``gettext_plurals`` "singular" | "skip", ``gettext_min_pairs`` 1000;
@@ -35,7 +36,11 @@ tokenizer (0/1/2 for every tokenizer here).
 Rows are padded to fixed lengths on purpose: the jitted train step compiles once per shape, and
 every process of a multi-host run must feed the same global shape each step, so per-batch
 bucketing would recompile and could disagree across hosts. Choose ``source_len``/``seq_len`` from
-``length_stats`` (a percentile of the token lengths); ``overlong`` decides the rest.
+``length_stats`` (a percentile of the token lengths); ``overlong`` decides the rest. Measured on
+the development machine: gettext en -> de gives 33,533 pairs (train 30,217 / validation 1,686 /
+test 1,630); with the shared BPE-1024 tokenizer the train split's ids + EOS have percentiles
+50/90/99/100 of 14/26/39/66 (source) and 17/31/43/69 (target); L = 32 keeps 91.8 % of the
+pairs, L = 48 99.75 %.
 """
 
 from __future__ import annotations
