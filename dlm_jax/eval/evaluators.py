@@ -145,3 +145,4 @@ def plain_context(config, method, batches, rng, mesh=None, workdir: str = "") ->
 
 
 from dlm_jax.eval import baselines  # noqa: E402,F401 - registers "unigram"
+from dlm_jax.eval import translation  # noqa: E402,F401 - registers "bleu"
