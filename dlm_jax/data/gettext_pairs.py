@@ -160,7 +160,7 @@ def strip_accelerator(source: str, target: str) -> tuple[str, str]:
 
 
 _ESCAPED = "\x00"
-_BAR_CONTEXT = re.compile(r"^\|[^|\s]*\|(?=\S)")  # GnuPG's in-msgid context "|pinentry-label|Save" (translators drop it)
+_BAR_CONTEXT = re.compile(r"^\|[^|\s]*\|(?=\S)")  # GnuPG's in-msgid context "|FILE|read from FILE"
 
 
 def _mask(text: str, char: str) -> str:

@@ -78,7 +78,8 @@ def read_pair_files(patterns: str, *, key: str = "data.pairs_files", source_key:
                         obj = json.loads(line)
                     except json.JSONDecodeError as e:
                         fail(where, line[:80], f"a JSON object per line ({e.msg})")
-                    if not isinstance(obj, dict) or not all(isinstance(obj.get(k), str) for k in (source_key, target_key)):
+                    keys = (source_key, target_key)
+                    if not isinstance(obj, dict) or not all(isinstance(obj.get(k), str) for k in keys):
                         fail(where, line[:80], f"a JSON object with string keys {source_key!r} and {target_key!r}")
                     pairs.append((obj[source_key], obj[target_key]))
                 else:

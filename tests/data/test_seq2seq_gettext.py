@@ -61,7 +61,8 @@ TOOL_DE = [
     ("file\x04Close", "Zumachen"),                              # same msgid, other context and text: kept
 ]
 EXPECTED = sorted([
-    ("%d file", "%d Datei"), ("Close", "Schließen"), ("Close", "Zumachen"), ("Copy %s to %s", "%2$s nach %1$s kopieren"),
+    ("%d file", "%d Datei"), ("Close", "Schließen"), ("Close", "Zumachen"),
+    ("Copy %s to %s", "%2$s nach %1$s kopieren"),
     ("File", "Datei"), ("LC_ALL is set", "LC_ALL ist gesetzt"), ("Open", "Öffnen"),
     ("Print {0} pages", "{0} Seiten drucken"), ("Progress: %d%%", "Fortschritt: %d %%"), ("Quit", "Beenden"),
     ("Save As", "Speichern unter"), ("read options from FILE", "Optionen aus DATEI lesen"),
@@ -113,7 +114,8 @@ def test_exact_pairs_and_malformed_files_warned(locale_dirs):
     assert warned == [  # sorted: a/... first
         f"skipping malformed gettext catalog: {a}/de/LC_MESSAGES/cut.mo: string table at 28 of 18 entries runs past "
         "the file (60 bytes)",
-        f"skipping malformed gettext catalog: {b}/de/LC_MESSAGES/broken.mo: magic 0x0; expected 0x950412de (a .mo file)"]
+        f"skipping malformed gettext catalog: {b}/de/LC_MESSAGES/broken.mo: magic 0x0; expected 0x950412de "
+        "(a .mo file)"]
     skip, _ = _read(locale_dirs, plurals="skip")
     assert skip == [p for p in pairs if p[0] != "%d file"]
     short, _ = _read(locale_dirs, min_chars=5, max_chars=8)

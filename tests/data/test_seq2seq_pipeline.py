@@ -96,7 +96,8 @@ def test_separate_vocabularies(pair_setup, tmp_path):
     data = {**pair_setup[0], "seq2seq_vocab": "separate", "shuffle": False}
     tok = train_or_load_tokenizer(data, str(tmp_path))
     src, tgt = tok.source_tokenizer, tok.target_tokenizer
-    assert sorted(p.name for p in (tmp_path / "tokenizer").iterdir()) == ["spm_src_bpe320.model", "spm_tgt_bpe320.model"]
+    files = sorted(p.name for p in (tmp_path / "tokenizer").iterdir())
+    assert files == ["spm_src_bpe320.model", "spm_tgt_bpe320.model"]
     pieces = [{t.id_to_piece(i) for i in range(t.vocab_size)} for t in (src, tgt)]
     assert "ö" not in pieces[0] and "ö" in pieces[1] and "Q" in pieces[0] and "Q" not in pieces[1]
     assert tok.vocab_size == max(src.vocab_size, tgt.vocab_size) and (tok.pad_id, tok.eos_id) == (0, 2)

@@ -47,8 +47,10 @@ def test_pair_file_errors(pair_dir):
     (pair_dir / "bad.jsonl").write_text('{"source": "a", \n', encoding="utf-8")
     cases = [
         ("empty.tsv", r"^data.pairs_files: '.*empty.tsv'; expected a file with at least one pair \(it has none\)$"),
-        ("notab.tsv", r"^.*notab.tsv:2: 'no tab here'; expected source<TAB>target \(2 tab-separated fields, found 1\)$"),
-        ("twotabs.tsv", r"^.*twotabs.tsv:1: 'a\\tb\\tc'; expected source<TAB>target \(2 tab-separated fields, found 3\)$"),
+        ("notab.tsv", r"^.*notab.tsv:2: 'no tab here'; expected source<TAB>target \(2 tab-separated fields, "
+                      r"found 1\)$"),
+        ("twotabs.tsv", r"^.*twotabs.tsv:1: 'a\\tb\\tc'; expected source<TAB>target \(2 tab-separated fields, "
+                        r"found 3\)$"),
         ("keys.jsonl", r"^.*keys.jsonl:1: .*; expected a JSON object with string keys 'source' and 'target'$"),
         ("bad.jsonl", r"^.*bad.jsonl:1: .*; expected a JSON object per line \(Expecting property name"),
         ("none*.tsv", r"^data.pairs_files: '.*none\*.tsv'; expected a glob matching at least one TSV/JSONL file"),

@@ -9,10 +9,10 @@ import sacrebleu
 from dlm_jax.eval.text_metrics import (bleu_tokenize, corpus_bleu, corpus_chrf, exact_match, lcs_length, rouge,
                                        rouge_pair, sentence_bleu)
 
-HYPS = ["The cat sat on the mat.", "Es ist ein „schöner“ Tag, z.B. heute!", "He read the book because he was interested.",
-        "no match here"]
-REFS = ["The cat is on the mat.", "Es ist ein „ schöner “ Tag, z. B. heute!", "He was interested in the book, so he read it.",
-        "completely different words"]
+HYPS = ["The cat sat on the mat.", "Es ist ein „schöner“ Tag, z.B. heute!",
+        "He read the book because he was interested.", "no match here"]
+REFS = ["The cat is on the mat.", "Es ist ein „ schöner “ Tag, z. B. heute!",
+        "He was interested in the book, so he read it.", "completely different words"]
 REFS2 = ["There is a cat on the mat.", "Heute ist ein schöner Tag!", "He read the book out of interest.", "nothing"]
 
 
