@@ -138,8 +138,9 @@ def _exact_match(method, params, batch, steps):
 
 
 def test_learns_the_reversal_task():
-    """A 1+1-layer model, 250 Adam steps on reversal of 3-4 symbols: exact match (K = 5, greedy
-    rounding, predicted length) rises from 0 to > 0.3 (measured 0.6), token accuracy with it."""
+    """A 1+1-layer model, 250 Adam steps (batch 16) on reversal of 3-4 symbols with SCP: exact match
+    on 64 held-out pairs (K = 5, greedy rounding, predicted length) rises from 0 to > 0.5 (measured:
+    0.17 at 125 steps, 0.77 at 200, 1.0 at 250). Compiling the scanned step is most of the time."""
     cfg, model, method = _build(scp=True, first_pass=0.5, length_weight=0.5)
     params = model.init(jax.random.key(0))
     opt = optax.adam(3e-3)
@@ -151,7 +152,7 @@ def test_learns_the_reversal_task():
         def one(carry, i):
             p, s = carry
             k = jax.random.fold_in(key, i)
-            batch = _device_batch(k)
+            batch = _device_batch(k, b=16)
             g = jax.grad(lambda q: method.loss(q, batch, k, step + i, {})[0])(p)
             upd, s = opt.update(g, s, p)
             return (optax.apply_updates(p, upd), s), None
@@ -164,7 +165,7 @@ def test_learns_the_reversal_task():
     for r in range(5):
         params, state = train(params, state, jax.random.key(r), r * 50)
     after = float(evaluate(params, test)[0])
-    assert float(before) == 0.0 and after > 0.3, (before, after)
+    assert float(before) == 0.0 and after > 0.5, (before, after)
 
 
 def _device_batch(key, b=32, lo=3, hi=4):
