@@ -1,6 +1,7 @@
 """Optimizer: AdamW + warm-up/cosine (or constant) schedule + global-norm clipping; EMA of params.
 
-Config keys (``config.train``): ``lr``, ``schedule`` ("cosine" | "constant"), ``warmup_steps``,
+Config keys (``config.train``): ``lr``, ``schedule`` ("cosine" | "constant" | "inverse_sqrt":
+fairseq's ``lr·min(n/warmup, √(warmup/n))``, DINOISER's), ``warmup_steps``,
 ``final_lr_frac`` (cosine end value as a fraction of ``lr``; default 0.1), ``steps`` (cosine
 length), ``b1``, ``b2``, ``eps`` (default 1e-8), ``weight_decay`` (applied to weights with
 ndim >= 2 only), ``grad_clip`` (global norm; 0 or None = off), ``ema_decay``.
@@ -17,7 +18,7 @@ import optax
 
 from dlm_jax import checks
 
-SCHEDULES = ("cosine", "constant")
+SCHEDULES = ("cosine", "constant", "inverse_sqrt")
 
 
 def _get(cfg, key, default=None):
@@ -47,6 +48,9 @@ def make_schedule(cfg, total_steps: int | None = None) -> optax.Schedule:
     lr = float(_get(cfg, "lr"))
     warmup = int(_get(cfg, "warmup_steps", 0))
     total = int(total_steps if total_steps is not None else _get(cfg, "steps", 1))
+    if _get(cfg, "schedule", "cosine") == "inverse_sqrt":
+        w = float(max(warmup, 1))
+        return lambda n: lr * jnp.minimum(n / w, jnp.sqrt(w / jnp.maximum(n, 1.0)))
     if _get(cfg, "schedule", "cosine") == "constant":
         if warmup == 0:
             return optax.constant_schedule(lr)
