@@ -24,7 +24,7 @@ from ml_collections import config_flags
 
 from dlm_jax import cli_args
 
-COMMANDS = ("train", "sample", "eval", "export", "import", "check-parity")
+COMMANDS = ("train", "sample", "eval", "export", "import", "check-parity", "translate")
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(_REPO_ROOT, "configs", "demo.py")
 
@@ -54,6 +54,7 @@ flags.DEFINE_string("data", None, "import: config.data overrides as a JSON objec
 flags.DEFINE_string("exported", None, "check-parity: an exported checkpoint to compare instead of exporting anew.")
 flags.DEFINE_integer("num_sequences", 4, "check-parity: random sequences to compare.")
 flags.DEFINE_integer("length", None, "check-parity: their length (default data.seq_len).")
+flags.DEFINE_string("input", None, "translate: source sentences, one per line (default: stdin).")
 FLAGS = flags.FLAGS
 
 
@@ -154,6 +155,12 @@ def _run(command: str) -> int:
 
     if command in ("export", "import", "check-parity"):
         return _interop(command)
+    if command == "translate":
+        from dlm_jax.cli_translate import translate_command
+
+        translate_command(FLAGS.workdir, FLAGS.steps or ["5"], sampler=FLAGS.sampler, input_path=FLAGS.input,
+                          out=FLAGS.out, seed=FLAGS.seed, ema=FLAGS.ema, batch_size=FLAGS.batch_size)
+        return 0
     if command == "eval" and FLAGS.metrics:
         return _quality()
     run = runs.load_run(FLAGS.workdir, use_ema=FLAGS.ema)

@@ -28,10 +28,13 @@ USAGE = {
               "[--step N] [--max-shard-size 5GB]",
     "import": "python -m dlm_jax import --from PATH --format F --workdir DIR [--model teacher|student|student_ema] "
               "[--source mask|uniform] [--heads N] [--max-len N] [--seq-len N] [--data JSON] [--seed S]",
+    "translate": "python -m dlm_jax translate --workdir DIR [--steps K] [--input FILE] [--out FILE] [--sampler NAME] "
+                 "[--batch-size N] [--ema] [--seed S]   (seq2seq runs)",
     "check-parity": "python -m dlm_jax check-parity --workdir DIR [--format F] [--exported PATH] [--ema] "
                     "[--num-sequences N] [--length L] [--seed S]   (needs torch)",
 }
 FLAG_HELP = {
+    "translate": ("workdir", "steps", "input", "out", "sampler", "batch_size", "seed", "ema"),
     "train": ("config", "workdir", "steps", "sampler", "num_samples", "out", "seed", "batches", "evals", "ema"),
     "sample": ("workdir", "steps", "sampler", "num_samples", "out", "seed", "ema"),
     "eval": ("workdir", "evals", "batches", "seed", "ema", "metrics", "judge", "steps", "sampler", "num_samples",
@@ -182,7 +185,7 @@ def check_args(command: str, flag_values) -> None:
         checks.check_int("--batches", flag_values.batches, min=1)
     if flag_values.steps is not None:
         parse_steps(flag_values.steps)
-    if flag_values.sampler is not None:
+    if flag_values.sampler is not None and command != "translate":  # translate: the method checks its own
         from dlm_jax.samplers import SAMPLERS
 
         checks.check_choice("--sampler", flag_values.sampler, tuple(SAMPLERS))
@@ -193,7 +196,7 @@ def check_args(command: str, flag_values) -> None:
                             "(eval without --metrics runs config.evals)")
     if flag_values.batch_size is not None:
         checks.check_int("--batch-size", flag_values.batch_size, min=1)
-    out = flag_values.out if command in ("train", "sample", "eval") else None  # export writes a directory
+    out = flag_values.out if command in ("train", "sample", "eval", "translate") else None  # export writes a directory
     if command in ("export", "import") and not flag_values.format:
         checks.fail("--format", flag_values.format, "a checkpoint layout: dlm_jax, mdlm, fsdfm or llada")
     if command == "export" and not flag_values.out:
