@@ -206,9 +206,9 @@ def _flatten(params):
 # ------------------------------------------------------------------------------------------------------------
 # MDLM loss and train step.
 # ------------------------------------------------------------------------------------------------------------
-def antithetic_times(batch_size: int, sampling_eps: float = 1e-3, generator=None) -> torch.Tensor:
-    u = torch.rand((), generator=generator)
-    t = torch.remainder(u + torch.arange(batch_size, dtype=torch.float32) / batch_size, 1.0)
+def antithetic_times(batch_size: int, sampling_eps: float = 1e-3, generator=None, device=None) -> torch.Tensor:
+    u = torch.rand((), generator=generator, device=device)
+    t = torch.remainder(u + torch.arange(batch_size, dtype=torch.float32, device=device) / batch_size, 1.0)
     return (1.0 - sampling_eps) * t + sampling_eps
 
 
@@ -216,9 +216,9 @@ def mdlm_loss(model: TorchDiT, x: torch.Tensor, vocab_size: int, *, eps: float =
               time_conditioning: bool = False, generator=None) -> torch.Tensor:
     """Per-token MDLM NELBO (nats/token) with the log-linear schedule; mask id = vocab_size."""
     b = x.shape[0]
-    t = antithetic_times(b, sampling_eps, generator)
+    t = antithetic_times(b, sampling_eps, generator, x.device)
     alpha = 1.0 - (1.0 - eps) * t
-    masked = torch.rand(x.shape, generator=generator) >= alpha[:, None]
+    masked = torch.rand(x.shape, generator=generator, device=x.device) >= alpha[:, None]
     z = torch.where(masked, torch.full_like(x, vocab_size), x)
     return mdlm_terms(model, x, z, t, vocab_size, time_conditioning=time_conditioning).mean()
 

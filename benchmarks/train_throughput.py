@@ -160,7 +160,9 @@ class JaxBench:
 # PyTorch side.
 # ------------------------------------------------------------------------------------------------------------
 class TorchBench:
-    def __init__(self, p, tokens_np, jax_params=None):
+    def __init__(self, p, tokens_np, jax_params=None, device: str = "cpu", autocast_bf16: bool = False):
+        import contextlib
+
         import torch
 
         from benchmarks import torch_dit
@@ -170,15 +172,20 @@ class TorchBench:
         self.model = torch_dit.TorchDiT.from_config(dit_config(p, "float32"))
         if jax_params is not None:
             torch_dit.load_jax_params(self.model, jax_params)
+        self.model.to(device)
         self.n_params = torch_dit.count_params(self.model)
         self.opt = torch_dit.make_optimizer(self.model, lr=3e-4, weight_decay=0.0)
         self.ema = [q.detach().clone() for q in self.model.parameters()]
-        self.x = torch.from_numpy(tokens_np).long()
-        self.gen = torch.Generator().manual_seed(0)
+        self.x = torch.from_numpy(tokens_np).long().to(device)
+        self.gen = torch.Generator(device=device).manual_seed(0)
+        # bfloat16 compute with float32 master weights, as the JAX side's dtype=bfloat16 (GPU only)
+        self.autocast = ((lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if autocast_bf16
+                         else contextlib.nullcontext)
 
     def step(self):
-        return self.td.train_step(self.model, self.opt, self.x, self.p["vocab"], grad_clip=1.0, ema=self.ema,
-                                  ema_decay=0.9999, generator=self.gen)
+        with self.autocast():
+            return self.td.train_step(self.model, self.opt, self.x, self.p["vocab"], grad_clip=1.0, ema=self.ema,
+                                      ema_decay=0.9999, generator=self.gen)
 
     def run(self, n: int) -> float:
         t0 = time.perf_counter()
@@ -242,6 +249,8 @@ def main(argv=None):
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                     help="DiT compute dtype on the JAX side (torch always float32 eager)")
     ap.add_argument("--no-torch", action="store_true", help="JAX only")
+    ap.add_argument("--torch-device", default="cpu", help="PyTorch device (cuda on a GPU machine: bf16 autocast "
+                                                          "when --dtype bfloat16)")
     ap.add_argument("--no-donate", action="store_true", help="do not donate the train state")
     ap.add_argument("--breakdown", action="store_true", help="also time forward / backward / optimizer")
     ap.add_argument("--breakdown-only", action="store_true", help="only the component timings (no full step)")
@@ -302,7 +311,8 @@ def main(argv=None):
         row = dict(preset=name, **p, params=jb.n_params)
         tb = None
         if have_torch:
-            tb = TorchBench(p, jb.tokens_np)
+            tb = TorchBench(p, jb.tokens_np, device=args.torch_device,
+                            autocast_bf16=args.dtype == "bfloat16" and args.torch_device != "cpu")
             if tb.n_params != jb.n_params:
                 raise AssertionError(f"torch twin has {tb.n_params} params; JAX DiT has {jb.n_params}")
         if args.guard_cost:
