@@ -134,10 +134,10 @@ def rk4_mean_target(denoise_fn, key, x, t, h, *, num_draws: int = 64, teacher: s
 
 def kl(target_p, model_log_p):
     """Per-position ``KL(target ‖ model)`` ``[B, L]``; ``target_p`` probabilities, ``model_log_p``
-    log-probabilities (0·log 0 = 0)."""
+    log-probabilities (0·log 0 = 0; a NaN target gives NaN, never a silent 0)."""
     p = jnp.asarray(target_p)
     lp = jnp.log(jnp.where(p > 0, p, 1.0))
-    return jnp.sum(jnp.where(p > 0, p * (lp - jnp.asarray(model_log_p)), 0.0), -1)
+    return jnp.sum(jnp.where(p == 0, 0.0, p * (lp - jnp.asarray(model_log_p))), -1)  # a NaN target stays NaN
 
 
 def report(student_fn, ema_fn, teacher_fn, key, x1, grid, *, source: str, vocab_size: int, schedule="linear",
