@@ -79,7 +79,8 @@ class TranslationEvaluator:
                 real = np.asarray(batch["target_mask"]).sum(-1) > 0  # zero rows fill a finite split's last batch
                 hyps += [h for h, r in zip(decode_rows(tok, np.asarray(res["tokens"]).astype(np.int64)), real) if r]
                 refs += [t for t, r in zip(decode_rows(tok, batch["target"]), real) if r]
-                srcs += [t for t, r in zip(decode_rows(tok, batch["source"]), real) if r]
+                src_tok = getattr(tok, "source_tokenizer", tok)  # separate vocabularies: the source side's
+                srcs += [t for t, r in zip(decode_rows(src_tok, batch["source"]), real) if r]
             suffix = "" if j == 0 else f"_k{steps}"
             out[f"bleu{suffix}"] = tm.corpus_bleu(hyps, refs, tokenize=tokenize)
             out[f"chrf{suffix}"] = tm.corpus_chrf(hyps, refs)
