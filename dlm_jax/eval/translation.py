@@ -56,6 +56,11 @@ class TranslationEvaluator:
     def run(self, ctx, params) -> dict[str, float]:
         from dlm_jax.eval import text_metrics as tm
 
+        import inspect
+
+        if "source" not in inspect.signature(ctx.method.sample).parameters:
+            checks.fail("evals kind", "bleu", f"a conditional (seq2seq) method; {ctx.method.name!r} samples without a "
+                        "source")
         tok = self._tokenizer(ctx)
         tokenize = self.tokenize or tm.bleu_tokenize(ctx.config.data.get("tgt_lang", "en"))
         batches = []
