@@ -161,8 +161,8 @@ def build(config, apply_fn: Callable) -> Method:
         n = length or default_len
         if n is None:
             fail("length", None, "an int (or set config.data.seq_len)")
-        beam = length_beam or s.length_beam
-        draws = mbr or s.mbr
+        beam = check_int("length_beam", length_beam or s.length_beam, min=1, max=n)
+        draws = check_int("mbr", mbr or s.mbr, min=1)
         enc = apply_fn(params, None, {"source": source, "source_mask": sm, "outputs": "encode"})
         table = enc["embedding"]
         if s.length_mode == "predict":
