@@ -192,8 +192,8 @@ def check_args(command: str, flag_values) -> None:
     if command == "eval" and not flag_values.metrics:
         for name in ("judge", "steps", "sampler", "num_samples", "out"):
             if flag_values[name].present:
-                checks.fail(f"--{name.replace('_', '-')}", flag_values[name].value, "used with --metrics only "
-                            "(eval without --metrics runs config.evals)")
+                checks.fail(f"--{name.replace('_', '-')}", flag_values[name].value, "it only with --metrics: a flag "
+                            "of `eval` --metrics (sample and score); plain `eval` runs config.evals")
     if flag_values.batch_size is not None:
         checks.check_int("--batch-size", flag_values.batch_size, min=1)
     out = flag_values.out if command in ("train", "sample", "eval", "translate") else None  # export writes a directory
