@@ -121,15 +121,22 @@ def composed_marginal(denoise_fn, key, x, t, h, n_sub: int, *, num_chains: int =
 
 def rk4_mean_target(denoise_fn, key, x, t, h, *, num_draws: int = 64, teacher: str = "rk4",
                     labels: str = "faithful", schedule="linear"):
-    """``log E[softmax ℓ_T]`` ``[B, L, V]`` over ``num_draws`` draws of the teacher's stage jumps: the
-    minimiser over the student of the expected distillation KL for this ``denoise_fn``."""
+    """``(log E[softmax ℓ_T] [B, L, V], conflict [B, L])`` over ``num_draws`` draws of the teacher's
+    stage jumps: the minimiser over the student of the expected distillation KL for this
+    ``denoise_fn``. A draw whose stages put disjoint one-hot posteriors on a position (the stage
+    states revealed it differently: possible when stages jump from x_t independently, as with
+    ``labels="consistent"``) has no target (its logit sum is −inf everywhere); such draws are left
+    out of the mean and ``conflict`` is their fraction (NaN target where every draw conflicts)."""
     x = jnp.asarray(x)
     b = x.shape[0]
     rep = lambda a: jnp.repeat(jnp.broadcast_to(jnp.asarray(a), (b,)), num_draws, axis=0)  # noqa: E731
     lt = ft.teacher_logits(denoise_fn, key, jnp.repeat(x, num_draws, axis=0), rep(t), rep(h), teacher=teacher,
                            labels=labels, schedule=schedule)
     lt = jax.nn.log_softmax(lt, -1).reshape((b, num_draws) + lt.shape[1:])
-    return jax.nn.logsumexp(lt, axis=1) - jnp.log(num_draws)
+    bad = jnp.isnan(lt).any(-1, keepdims=True)
+    count = jnp.sum(~bad, axis=1)
+    mean = jax.nn.logsumexp(jnp.where(bad, -jnp.inf, lt), axis=1) - jnp.log(count)
+    return jnp.where(count > 0, mean, jnp.nan), 1.0 - count[..., 0] / num_draws
 
 
 def kl(target_p, model_log_p):
