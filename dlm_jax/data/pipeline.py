@@ -65,12 +65,17 @@ def train_or_load_tokenizer(data_config, workdir: str | None):
 
 
 def sentencepiece_tokenizer(data_config, workdir: str | None, *, texts=None, name: str = "spm"):
-    """The sentencepiece model at ``data.tokenizer_path`` if set, else ``<workdir>/tokenizer/
+    """The tokenizer at ``data.tokenizer_path`` if set (a sentencepiece ``.model``, or a Hugging Face
+    ``tokenizer.json`` / a folder holding one: ``data.hf_tokenizer.HFTokenizer``), else ``<workdir>/tokenizer/
     <name>_bpe<V>.model`` — trained on the first ``tokenizer_train_chars`` characters of the train
     split's texts (examples in a fixed pseudo-random order; ``texts(example)``, default the
     source's ``Examples.texts``) when it does not exist yet, reused after."""
     cfg = validate_data_config(data_config)
     if cfg["tokenizer_path"]:
+        from dlm_jax.data.hf_tokenizer import HFTokenizer, is_hf_tokenizer_path
+
+        if is_hf_tokenizer_path(cfg["tokenizer_path"]):  # tokenizer.json (e.g. one imported with a checkpoint)
+            return HFTokenizer(cfg["tokenizer_path"])
         return SentencePieceTokenizer(cfg["tokenizer_path"])
     if not workdir:
         fail("workdir", workdir, "a directory to keep the trained tokenizer in")

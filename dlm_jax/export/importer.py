@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from dlm_jax import checks
+from dlm_jax.data.hf_tokenizer import HFTokenizer, copy_hf_tokenizer, is_hf_tokenizer_path
 from dlm_jax.export import FORMATS
 from dlm_jax.export.formats import read_checkpoint
 from dlm_jax.export.params import unflatten
@@ -68,7 +69,9 @@ def _check_tokenizer(config, vocab_size: int) -> None:
         checks.fail("tokenizer vocab_size", tok.vocab_size, f"{vocab_size}, the checkpoint's clean vocabulary")
 
 
-def _write(workdir: str, step: int, state: dict, config) -> None:
+def _write(workdir: str, step: int, state: dict, config, extra=None) -> None:
+    """Write the run into a temporary sibling, ``extra(tmp)`` adds files (and may refuse), then
+    rename it into place: a failure leaves nothing at ``workdir``."""
     from dlm_jax.runs.checkpoint import Checkpointer
 
     tmp = f"{workdir}.importing-{os.getpid()}"
@@ -77,11 +80,38 @@ def _write(workdir: str, step: int, state: dict, config) -> None:
         ck = Checkpointer(tmp, every=1, keep=1, async_save=False)
         ck.save(step, state, None, config)
         ck.close()
+        if extra is not None:
+            extra(tmp)
         if os.path.isdir(workdir):
             os.rmdir(workdir)  # empty (checked): replaced by the finished directory
         os.rename(tmp, workdir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+HF_TOKENIZER_FORMATS = ("mdlm", "llada")  # Hugging Face folders that may carry a tokenizer.json
+
+
+def _with_hf_tokenizer(data, ckpt, tok_dir: str, workdir: str):
+    """The checkpoint folder's tokenizer becomes the run's: its files are copied into
+    ``<workdir>/tokenizer/hf`` (with the model's id layout) and the data source becomes the offline
+    stdlib text read through it; returns (data block, the copy step for ``_write``)."""
+    from dlm_jax import config_blocks
+    from dlm_jax.data.registry import validate_data_config
+
+    final = os.path.join(os.path.abspath(workdir), "tokenizer", "hf")
+    block = config_blocks.data(seq_len=data.seq_len, source="stdlib", tokenizer_path=final)
+    validate_data_config(block)
+    mask = int(ckpt.model_fields.get("mask_token_id", ckpt.vocab_size))
+
+    def copy(tmp: str) -> None:
+        dst = copy_hf_tokenizer(tok_dir, os.path.join(tmp, "tokenizer", "hf"), num_ids=ckpt.vocab_size + 1,
+                                mask_token_id=mask)
+        tok = HFTokenizer(dst)
+        if tok.vocab_size != ckpt.vocab_size:
+            checks.fail("tokenizer vocab_size", tok.vocab_size, f"{ckpt.vocab_size}, the checkpoint's clean vocabulary")
+
+    return block, copy
 
 
 def import_checkpoint(src: str, fmt: str, workdir: str, **options) -> dict:
@@ -96,6 +126,10 @@ def import_checkpoint(src: str, fmt: str, workdir: str, **options) -> dict:
     ckpt = read_checkpoint(src, fmt, **fmt_options)
     config = build_config(ckpt, workdir, seq_len=options.get("seq_len"), data=options.get("data"),
                           seed=options.get("seed", 0) or 0)
+    extra = None
+    tok_dir = src if os.path.isdir(src) else os.path.dirname(os.path.abspath(src))
+    if fmt in HF_TOKENIZER_FORMATS and not options.get("data") and is_hf_tokenizer_path(tok_dir):
+        config.data, extra = _with_hf_tokenizer(config.data, ckpt, tok_dir, workdir)
     from dlm_jax.methods.base import build_method
     from dlm_jax.runs.workdir import build_model
 
@@ -106,7 +140,7 @@ def import_checkpoint(src: str, fmt: str, workdir: str, **options) -> dict:
     params = unflatten(ckpt.params, model, what=f"{fmt} checkpoint")
     ema = params if ckpt.ema_params is None else unflatten(ckpt.ema_params, model, what=f"{fmt} checkpoint (EMA)")
     state = {"step": jnp.asarray(ckpt.step, jnp.int32), "params": params, "ema_params": ema}
-    _write(workdir, ckpt.step, state, config)
+    _write(workdir, ckpt.step, state, config, extra)
     return {"workdir": workdir, "step": ckpt.step, "format": fmt, "model": model.name,
             "method": config.method.name, "vocab_size": ckpt.vocab_size,
             "num_params": int(sum(x.size for x in jax.tree.leaves(params)))}
