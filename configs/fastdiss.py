@@ -8,8 +8,11 @@ Presets:
 * ``tiny`` — tests (seconds): the synthetic reversal task (6 symbols, length 3-4), a 1+1-layer
   32-wide model, 30 steps;
 * ``demo`` — the machine's gettext catalogs, English -> German (about 30,000 train pairs, shared
-  BPE-1024), 2+2 layers 128 wide, d = 16, SCP + MANS, K = 5 DDIM steps; prints source -> hypothesis
-  -> reference lines and SacreBLEU (intl) at the end of training;
+  BPE-1024), 2+2 layers 128 wide, d = 16, SCP + MANS, K = 5 DDIM steps, 1,200 steps of 32 pairs;
+  prints source -> hypothesis -> reference lines and SacreBLEU (intl) at the end of training.
+  Measured (2-core machine at load average ~16, so 5 min 30 s of CPU time in 24 min 48 s of wall
+  clock, tokenizer and gettext reading included): validation BLEU 2.79, chrF 11.3 on 256 sentences
+  (BLEU 0.08 at step 100) — it learns, visibly but far from a usable translator at this size;
 * ``iwslt14`` / ``wmt14`` — paper scale (§3.2-3.3): 6+6 layers, width 512, FFN 1024 / 2048, 4 / 8
   heads, d 16 / 64, dropout 0.2 / 0.1, Adam (0.9, 0.98), lr 5e-4, inverse-sqrt with 4k warm-up, weight
   decay 0.01, 300k updates, MANS β 2/3/4 at 100k/200k, K = 5 with length beam 5 (§3.7.8). IWSLT14 reads
@@ -70,7 +73,7 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     c.model = encdec(max_src_len=c.data.source_len, max_tgt_len=length, **size,
                      dtype="bfloat16" if paper else "float32")
 
-    steps = {"tiny": 30, "demo": 1500, "iwslt14": 300_000, "wmt14": 300_000}[arg]
+    steps = {"tiny": 30, "demo": 1200, "iwslt14": 300_000, "wmt14": 300_000}[arg]
     c.method = config_blocks.method(
         "fastdiss", dim={"tiny": 8, "demo": 16, "iwslt14": 16, "wmt14": 64}[arg], schedule="interchangeable",
         time_sampler="clipped", scp=True, scp_mode="previous_step", scp_delta="steps", scp_steps=(1, 2, 5, 10),
@@ -88,8 +91,8 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
                                       ema_decay=0.9 if tiny else 0.995, log_every=5 if tiny else 50)
 
     c.mesh = config_blocks.mesh()
-    c.checkpoint = config_blocks.checkpoint(every={"tiny": 15, "demo": 500}.get(arg, 10_000), keep=2)
-    c.evals = config_blocks.evals(batches={"tiny": 1, "demo": 4}.get(arg, 16), every={"tiny": 15, "demo": 500}.get(
+    c.checkpoint = config_blocks.checkpoint(every={"tiny": 15, "demo": 600}.get(arg, 10_000), keep=2)
+    c.evals = config_blocks.evals(batches={"tiny": 1, "demo": 4}.get(arg, 16), every={"tiny": 15, "demo": 600}.get(
         arg, 10_000), ema=not tiny)
     c.evals.bleu = dict(kind="bleu", split="validation", batches={"tiny": 1, "demo": 8}.get(arg, 50),
                         every={"tiny": 0, "demo": 0}.get(arg, 10_000), ema=not tiny,
