@@ -88,6 +88,25 @@ def score(method, params, key, *, steps, sampler, samples, oracle):
             "entropy_bits": float(sample_unigram_entropy_bits(tokens))}
 
 
+def table(results) -> list[str]:
+    """Markdown rows: NLL at N = 1/2/4/8, entropy at 8, gaps at 8 vs the teacher's Euler@1024."""
+    lines = ["| run | source | steps | train (s) | NLL@1 | NLL@2 | NLL@4 | NLL@8 ± s.e. | entropy@8 (bits) | "
+             "ΔNLL@8 vs T@1024 | Δentropy@8 |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in results["students"].items():
+        base = results["teachers"][r["source"]]["dfm_euler@1024"]
+        s8 = r["fsdfm@8"]
+        lines.append(f"| {name} | {r['source']} | {r['steps']} | {r['train_s']:.0f} | "
+                     + " | ".join(f"{r[f'fsdfm@{n}']['nll']:.4f}" for n in (1, 2, 4))
+                     + f" | {s8['nll']:.4f} ± {s8['nll_se']:.4f} | {s8['entropy_bits']:.4f} | "
+                     f"{100 * (s8['nll'] / base['nll'] - 1):+.1f}% | "
+                     f"{100 * (s8['entropy_bits'] / base['entropy_bits'] - 1):+.1f}% |")
+    for source, r in results["teachers"].items():
+        for k in ("fsdfm@8", "dfm_euler@8", "dfm_euler@1024"):
+            lines.append(f"| teacher {k} | {source} | {r['steps']} | {r['train_s']:.0f} | | | | "
+                         f"{r[k]['nll']:.4f} ± {r[k]['nll_se']:.4f} | {r[k]['entropy_bits']:.4f} | | |")
+    return lines
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", default="/tmp/fsdfm_abl")
@@ -96,7 +115,11 @@ def main():
     ap.add_argument("--student-steps", type=int, default=1500)
     ap.add_argument("--samples", type=int, default=512)
     ap.add_argument("--only", default="", help="comma-separated ablation names (default: all, in table order)")
+    ap.add_argument("--table", action="store_true", help="print the markdown table of --out and exit")
     args = ap.parse_args()
+    if args.table:
+        print("\n".join(table(json.load(open(args.out)))))
+        return
     names = [n for n in args.only.split(",") if n] or list(ABLATIONS)
     bad = [n for n in names if n not in ABLATIONS]
     if bad:
