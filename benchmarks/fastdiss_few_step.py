@@ -17,7 +17,7 @@ pass), so compute is equal. Evaluation: exact match (whole sequence right, predi
 wall-clock per batch after compilation, and the ratio to the largest K (2,000 = DiffuSeq's step
 count: the same DDIM run with 2,000 steps, not DiffuSeq's ancestral sampler). The self-conditioning
 gap ‖D(z, ẑ_prev) − D(z, D(z, 0))‖ (per token, mean over the batch) is traced along K = 5 and 20.
-Writes ``benchmarks/results/fastdiss_few_step_<task>.json`` and ``.png``.
+Writes ``benchmarks/results/fastdiss_few_step_<task>_<time sampler>.json`` and ``.png``.
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ VARIANTS = {"base": dict(scp=False, mans=False), "+SCP": dict(scp=True, mans=Fal
 def parse():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--task", default="reverse", choices=("reverse", "flip"))
+    p.add_argument("--time-sampler", default="clipped", choices=("clipped", "uniform"),
+                   help="method.time_sampler: DINOISER's clipped U[t_min, 1] or U[0, 1]")
     p.add_argument("--symbols", type=int, default=16)
     p.add_argument("--length", type=int, default=8)
     p.add_argument("--width", type=int, default=64)
@@ -58,7 +60,7 @@ def make_config(a, **method):
     import ml_collections
 
     n = a.length + 1
-    m = dict(name="fastdiss", dim=a.dim, first_pass=0.5, length_weight=0.5, sampler="ddim", length_beam=1,
+    m = dict(name="fastdiss", dim=a.dim, time_sampler=a.time_sampler, first_pass=0.5, length_weight=0.5, sampler="ddim", length_beam=1,
              beta_phases=(a.train_steps // 3, 2 * a.train_steps // 3), mans_betas=(2.0, 3.0, 4.0))
     m.update(method)
     return ml_collections.ConfigDict({
@@ -157,7 +159,7 @@ def main():
     import jax
 
     ks = [int(k) for k in a.ks.split(",")]
-    a.out = a.out or os.path.join(ROOT, "benchmarks", "results", f"fastdiss_few_step_{a.task}")
+    a.out = a.out or os.path.join(ROOT, "benchmarks", "results", f"fastdiss_few_step_{a.task}_{a.time_sampler}")
     results = {"args": vars(a), "jax": jax.__version__, "variants": {}}
     for name in a.variants.split(","):
         print(f"{name}: training {a.train_steps} steps", flush=True)
