@@ -13,6 +13,7 @@ longer than ``data.source_len`` is a one-line error before anything compiles.
 from __future__ import annotations
 
 import inspect
+import os
 import sys
 import time
 
@@ -58,6 +59,8 @@ def translate_command(workdir: str, steps, *, sampler=None, input_path=None, out
     if len(ks) != 1:
         checks.fail("--steps", ",".join(map(str, ks)), "one step count K for translate")
     checks.check_int("--batch-size", batch_size, min=1)
+    if input_path and not os.path.isfile(input_path):
+        checks.fail("--input", input_path, "an existing text file, one source sentence per line (or stdin)")
     text = open(input_path, encoding="utf-8").read() if input_path else (stdin or sys.stdin).read()
     lines = text.splitlines()
     if not lines:
