@@ -102,20 +102,34 @@ def composed_marginal(denoise_fn, key, x, t, h, n_sub: int, *, num_chains: int =
     """Per-position law ``[B, L, V+1]`` of ``x_{t+h}`` after ``n_sub`` teacher steps of ``h/n_sub`` from
     ``x_t = x`` (the flow sampler's rules, the last step included when t + h = 1). ``denoise_fn(x, t,
     h) -> log-probs`` is queried with the sub-step size. Monte Carlo over ``num_chains`` chains per
-    row; the final sub-step contributes its exact law (Rao-Blackwellised)."""
+    row, Rao-Blackwellised: the final sub-step contributes its exact law, and for the mask source a
+    position masked at t accumulates, at every sub-step where it is still masked, that sub-step's
+    exact reveal law (unbiased when revealed tokens stay put, e.g. for the exact posterior; a
+    trained teacher's rare re-jumps of revealed tokens are left out)."""
     x = jnp.asarray(x)
     b, n_len = x.shape
+    v = None
     t = jnp.broadcast_to(jnp.asarray(t), (b,))
     h = jnp.broadcast_to(jnp.asarray(h), (b,))
     rep = lambda a: jnp.repeat(a, num_chains, axis=0)  # noqa: E731
     xs, ts, dt = rep(x), rep(t), rep(h) / n_sub
-    keys = jax.random.split(key, max(n_sub - 1, 1))
-    for k in range(n_sub - 1):
+    last_end = _is_last(ts, rep(h))
+    keys = jax.random.split(key, n_sub)
+    acc = None
+    for k in range(n_sub):
         tk = ts + k * dt
-        xs = ft.jump(keys[k], xs, jax.nn.log_softmax(denoise_fn(xs, tk, dt), -1), tk, dt, schedule)
-    tk = ts + (n_sub - 1) * dt
-    dt_last = jnp.where(_is_last(ts, rep(h)), 1.0 - tk, dt)  # the last sub-step ends exactly at t + h
-    law = kernel_marginal(jax.nn.log_softmax(denoise_fn(xs, tk, dt), -1), xs, tk, dt_last, schedule, source=source)
+        lp = jax.nn.log_softmax(denoise_fn(xs, tk, dt), -1)
+        v = lp.shape[-1]
+        step = jnp.where(last_end, 1.0 - tk, dt) if k == n_sub - 1 else dt  # the last sub-step ends at t + h
+        law = kernel_marginal(lp, xs, tk, step, schedule, source=source)
+        reveal = jnp.where((xs == v)[..., None], law.at[..., v].set(0.0), 0.0)
+        acc = reveal if acc is None else acc + reveal
+        if k < n_sub - 1:
+            xs = ft.jump(keys[k], xs, lp, tk, dt, schedule)
+    masked0 = (rep(x) == v)[..., None]
+    if source == "mask":
+        still = 1.0 - acc.sum(-1, keepdims=True)
+        law = jnp.where(masked0, acc.at[..., v:].set(still), law)
     return law.reshape(b, num_chains, n_len, -1).mean(1)
 
 
