@@ -45,6 +45,7 @@ flags.DEFINE_string("format", None, "export/import/check-parity: checkpoint layo
 flags.DEFINE_string("from", None, "import: the checkpoint file or directory to import.")
 flags.DEFINE_integer("step", None, "export: the checkpoint step (default: the newest).")
 flags.DEFINE_string("max_shard_size", "5GB", "export: split safetensors above this size (e.g. 500MB).")
+flags.DEFINE_string("dtype", "float32", "export: tensor dtype of the PyTorch layouts (float32, bfloat16).")
 flags.DEFINE_string("model", None, "import fsdfm: teacher | student | student_ema.")
 flags.DEFINE_string("source", None, "import fsdfm: the source the checkpoint was trained with (mask | uniform).")
 flags.DEFINE_integer("heads", None, "import: attention heads when the checkpoint does not record them.")
@@ -197,7 +198,7 @@ def _interop(command: str) -> int:
 
     if command == "export":
         commands.export_command(FLAGS.workdir, FLAGS.format, FLAGS.out, bool(FLAGS.ema), step=FLAGS.step,
-                                max_shard_size=FLAGS.max_shard_size)
+                                max_shard_size=FLAGS.max_shard_size, dtype=FLAGS.dtype)
         return 0
     if command == "import":
         commands.import_command(FLAGS["from"].value, FLAGS.format, FLAGS.workdir, model=FLAGS.model,

@@ -39,7 +39,7 @@ FLAG_HELP = {
     "sample": ("workdir", "steps", "sampler", "num_samples", "out", "seed", "ema"),
     "eval": ("workdir", "evals", "batches", "seed", "ema", "metrics", "judge", "steps", "sampler", "num_samples",
              "batch_size", "out"),
-    "export": ("workdir", "format", "out", "ema", "step", "max_shard_size"),
+    "export": ("workdir", "format", "out", "ema", "step", "max_shard_size", "dtype"),
     "import": ("from", "format", "workdir", "model", "source", "heads", "max_len", "seq_len", "data", "seed"),
     "check-parity": ("workdir", "format", "exported", "ema", "num_sequences", "length", "seed"),
 }

@@ -58,7 +58,7 @@ def _opt_int(key: str, value, minimum: int = 1):
 
 
 def export_command(workdir: str, fmt: str, out: str, ema: bool = False, *, step: int | None = None,
-                   max_shard_size="5GB") -> dict:
+                   max_shard_size="5GB", dtype: str = "float32") -> dict:
     """Export ``workdir`` (raw or ``ema`` params) in format ``fmt`` at ``out``."""
     checks.check_str("--workdir", workdir)
     checks.check_choice("--format", fmt, FORMATS)
@@ -68,8 +68,8 @@ def export_command(workdir: str, fmt: str, out: str, ema: bool = False, *, step:
     size = parse_size(max_shard_size)
     from dlm_jax.export.exporter import export_run
 
-    summary = export_run(workdir, fmt, out, ema=ema, step=step, max_shard_bytes=size)
-    print(f"exported {workdir} step {summary['step']} ({summary['weights']}) as {fmt}: {summary['out']} "
+    summary = export_run(workdir, fmt, out, ema=ema, step=step, max_shard_bytes=size, dtype=dtype)
+    print(f"exported {workdir} step {summary['step']} ({summary['weights']}, {dtype}) as {fmt}: {summary['out']} "
           f"({len(summary['files'])} files, {summary['num_tensors']} tensors)")
     return summary
 

@@ -190,7 +190,7 @@ def from_layout(state: dict[str, np.ndarray], table: list, shapes: dict[str, tup
         if key not in state:
             checks.fail(f"{what} key {key}", "missing", f"present (it holds {own})")
         a = np.asarray(state[key])
-        if a.dtype.kind != "f":
+        if a.dtype.kind != "f" and a.dtype.name != "bfloat16":  # ml_dtypes' bfloat16 has kind 'V'
             checks.fail(f"{what} key {key}", str(a.dtype), "a floating dtype (float32, bfloat16 or float16)")
         want = _expected_theirs(n_in, shapes[own])
         if tuple(a.shape) != want:

@@ -15,13 +15,18 @@ fsdfm      ``.pth`` (torch.save) or ``.safetensors``    DiT, method dfm (teacher
 llada      LLaDA HF directory (config.json, safetensors) the ``llada`` model, method mdlm
 =========  ===========================================  =========================================
 
-Every tensor is float32, as trained. Directories are sharded above ``max_shard_bytes``.
+Tensors are written as trained (float32), or with ``dtype="bfloat16"`` cast to bfloat16 for the
+PyTorch layouts (half the bytes; ``config.json`` says ``torch_dtype: bfloat16``; importing casts them
+back to float32). Directories are sharded above ``max_shard_bytes``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+
+import numpy as np
 
 from dlm_jax import checks
 from dlm_jax.export import FORMATS, dit_formats, files, own_format
@@ -66,18 +71,45 @@ def _check_out(out: str, fmt: str) -> str:
     return check_new_dir(out, "--out")
 
 
+DTYPES = ("float32", "bfloat16")
+
+
+def _cast(flat: dict | None, dtype: str) -> dict | None:
+    """Floating tensors cast to ``dtype`` (round to nearest even); others unchanged."""
+    if flat is None or dtype == "float32":
+        return flat
+    import ml_dtypes
+
+    return {k: v.astype(ml_dtypes.bfloat16) if v.dtype.kind == "f" else v for k, v in flat.items()}
+
+
+def _mark_dtype(out: str, dtype: str) -> None:
+    path = os.path.join(out, "config.json")
+    if dtype != "float32" and os.path.isfile(path):
+        with open(path) as f:
+            config = json.load(f)
+        config["torch_dtype"] = dtype
+        with open(path, "w") as f:
+            json.dump(config, f, indent=2)
+
+
 def export_run(workdir: str, fmt: str, out: str, *, ema: bool = False, step: int | None = None,
-               max_shard_bytes: int = files.DEFAULT_MAX_SHARD_BYTES) -> dict:
+               max_shard_bytes: int = files.DEFAULT_MAX_SHARD_BYTES, dtype: str = "float32") -> dict:
     """Write ``workdir``'s params in format ``fmt`` at ``out``; returns a summary dict."""
     checks.check_choice("--format", fmt, FORMATS)
     checks.check_bool("--ema", ema)
     checks.check_int("max_shard_bytes", max_shard_bytes, min=1)
+    checks.check_choice("--dtype", dtype, DTYPES)
+    if dtype != "float32" and fmt == "dlm_jax":
+        checks.fail("--dtype", dtype, "float32 for format 'dlm_jax' (it keeps the run's own dtypes; bfloat16 is for "
+                    "the PyTorch layouts mdlm, fsdfm, llada)")
     out = _check_out(out, fmt)
     from dlm_jax.runs.workdir import read_config
 
     config, _ = read_config(workdir, step)
     both = fmt == "fsdfm" and config.method.get("name") == "fsdfm"
     ckpt, _ = run_checkpoint(workdir, ema=ema, step=step, both=both)
+    ckpt.params, ckpt.ema_params = _cast(ckpt.params, dtype), _cast(ckpt.ema_params, dtype)
     tmp = f"{out}.exporting-{os.getpid()}" + (os.path.splitext(out)[1] if fmt in FILE_FORMATS else "")
     try:
         if fmt in FILE_FORMATS:
@@ -94,6 +126,7 @@ def export_run(workdir: str, fmt: str, out: str, *, ema: bool = False, step: int
                 from dlm_jax.export import llada_layout
 
                 written = llada_layout.write_llada(ckpt, tmp, max_shard_bytes=max_shard_bytes)
+            _mark_dtype(tmp, dtype)
             if os.path.isdir(out):
                 os.rmdir(out)  # empty (checked)
         os.rename(tmp, out)
@@ -103,4 +136,4 @@ def export_run(workdir: str, fmt: str, out: str, *, ema: bool = False, step: int
         elif os.path.exists(tmp):
             os.remove(tmp)
     return {"out": out, "format": fmt, "step": ckpt.step, "weights": "ema" if ema else "params",
-            "files": sorted(written), "num_tensors": len(ckpt.params)}
+            "files": sorted(written), "num_tensors": len(ckpt.params), "dtype": dtype}
