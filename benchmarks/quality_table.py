@@ -32,7 +32,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-GROUPS = ("mdlm", "ar", "fsdfm", "fsdfm_teacher")
+GROUPS = ("data", "mdlm", "ar", "fsdfm", "fsdfm_teacher")
 COLUMNS = (("gen_nll", "judge NLL", 3), ("gen_ppl", "judge PPL", 1), ("exact_nll", "exact NLL", 3),
            ("unigram_entropy", "entropy (nats)", 3), ("distinct_4", "distinct-4", 3), ("repetition_4", "rep-4", 3))
 
@@ -44,6 +44,21 @@ def _evaluate(workdir, *, sampler, steps, metrics, judge, num_samples, batch_siz
     run = load_run(workdir)
     return quality_run.run_quality(run, steps_list=steps, sampler=sampler, metrics=metrics, judge=judge,
                                    num_samples=num_samples, seed=seed, batch_size=batch_size, out=None)
+
+
+def _reference(workdir, *, judge, num_samples, **_):
+    """The floor: validation sequences of the run's data, through the same decode/retokenise/judge path."""
+    from dlm_jax.eval import judges, quality, quality_run
+    from dlm_jax.runs import load_run
+
+    run = load_run(workdir)
+    texts = quality_run._reference_texts(run, num_samples)
+    rows = [run.tokenizer.encode(t) for t in texts]
+    r = judges.gen_nll(judges.load_judge(judge), texts)
+    row = {k: r[k] for k in ("gen_nll", "gen_ppl", "judge_tokens")}
+    row.update(quality.diversity_metrics(rows), steps=0, nfe=0.0, seconds_per_sample=0.0)
+    return {"workdir": workdir, "sampler": "validation data", "judge": judge, "num_samples": num_samples,
+            "rows": [row]}
 
 
 def main(argv=None):
@@ -66,6 +81,8 @@ def main(argv=None):
     text_metrics = ["gen_ppl", "entropy", "distinct", "repetition"]
     markov_metrics = ["exact_nll", "entropy", "distinct", "repetition"]
     jobs = []
+    if args.mdlm and args.judge:
+        jobs.append(("data/validation", "data", args.mdlm, None, [0], text_metrics))
     if args.mdlm:
         jobs += [(f"mdlm/{s}", "mdlm", args.mdlm, s, ints(args.mdlm_steps), text_metrics) for s in args.samplers.split(",")]
     if args.ar:
@@ -81,7 +98,8 @@ def main(argv=None):
             continue
         judge = args.judge if "gen_ppl" in metrics else None
         print(f"== {key}: {workdir} steps {steps}", flush=True)
-        result = _evaluate(workdir, sampler=sampler, steps=steps, metrics=metrics, judge=judge, **common)
+        run_fn = _reference if group == "data" else _evaluate
+        result = run_fn(workdir, sampler=sampler, steps=steps, metrics=metrics, judge=judge, **common)
         result.pop("config", None)
         saved["groups"][key] = result
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
@@ -97,7 +115,7 @@ def table(saved) -> list[str]:
     for key, result in saved["groups"].items():
         for r in result["rows"]:
             cells = [f"{r[k]:.{d}f}" if k in r else "–" for k, _, d in COLUMNS]
-            steps = "–" if key.startswith("ar/") else str(r["steps"])
+            steps = "–" if key.startswith(("ar/", "data/")) else str(r["steps"])
             lines.append(f"| {key} | {steps} | {r['nfe']:.0f} | " + " | ".join(cells) + f" | {r['seconds_per_sample']:.3f} |")
     return lines
 
