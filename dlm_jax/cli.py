@@ -33,13 +33,15 @@ flags.DEFINE_string("workdir", None, "Run directory (train: default config.workd
 flags.DEFINE_list("steps", None, "sample: comma-separated step counts (default config.sample.steps).")
 flags.DEFINE_string("sampler", None, "sample: sampler name (default config.sample.sampler).")
 flags.DEFINE_integer("num_samples", None, "sample: sequences per step count.")
-flags.DEFINE_string("out", None, "sample: write samples to this JSONL file.")
+flags.DEFINE_string("out", None, "sample: write samples to this JSONL file; eval --metrics: the JSON result; "
+                    "translate: the hypotheses file (default stdout).")
 flags.DEFINE_integer("seed", 0, "sample/eval: PRNG seed.")
 flags.DEFINE_integer("batches", None, "eval: batches per evaluator (default: each evaluator's own).")
 flags.DEFINE_list("evals", None, "eval: names of config.evals entries to run (default: all).")
 flags.DEFINE_list("metrics", None, "eval: sample and score these quality metrics (dlm_jax.eval.quality_run).")
 flags.DEFINE_string("judge", None, "eval --metrics: the judge LM, run:<workdir> (an AR run) or hf:<folder> (GPT-2).")
-flags.DEFINE_integer("batch_size", 16, "eval --metrics: samples per vmapped call (results do not depend on it).")
+flags.DEFINE_integer("batch_size", 16, "eval --metrics: samples per vmapped call (results do not depend on it); "
+                     "translate: sources per batch.")
 flags.DEFINE_bool("ema", None, "sample/eval/export: use the EMA params (default config.sample.use_ema).")
 flags.DEFINE_string("format", None, "export/import/check-parity: checkpoint layout (dlm_jax, mdlm, fsdfm, llada).")
 flags.DEFINE_string("from", None, "import: the checkpoint file or directory to import.")
@@ -74,7 +76,7 @@ def _print_samples(run, steps_list, sampler, num_samples, seed, out):
     for steps in cli_args.parse_steps(steps_list):
         tokens, info = gen.generate(run, steps=int(steps), sampler=sampler, num_samples=num_samples, seed=seed)
         texts = gen.decode(run, tokens)
-        name = sampler or run.config.sample.get("sampler", "default")
+        name = sampler or run.config.sample.get("sampler") or "default"
         print(f"\n=== {name}, {steps} steps: NFE {int(info['nfe'].max())}, "
               f"{info['seconds'] * 1e3:.0f} ms for {len(texts)} samples ===")
         score = gen.exact_score(run, tokens)
