@@ -12,7 +12,8 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = os.path.join(ROOT, "notebooks")
-EXPECTED = ("01_quickstart", "02_exact_samplers", "03_few_step_fsdfm", "04_tpu_pod", "05_dsl", "06_interop")
+EXPECTED = ("01_quickstart", "02_exact_samplers", "03_few_step_fsdfm", "04_tpu_pod", "05_dsl", "06_interop",
+            "07_fastdiss")
 
 
 def _sync():
