@@ -19,8 +19,8 @@ teacher at step 0 (tiny/demo); ``paper`` keeps the reference's random fuser init
 Recipe and evidence (issue 13; BENCHMARKS.md, "FS-DFM ablations", ``benchmarks/fsdfm_ablations.py``):
 ``demo`` and ``paper`` keep the repository recipe (EMA self-teacher with a data anchor, faithful RK-4,
 inverse-h policy) because no alternative beat it at equal steps on the Markov benchmark: 8-step NLL
-baseline 1.699, frozen teacher 1.695, consistent labels 1.695, Heun 1.703, annealed policy 1.693
-(s.e. 0.008 each); the large-h policy collapses entropy (2.26 bits at 8 steps vs 2.57 for data). The limit
+baseline 1.699, frozen teacher 1.695, consistent labels 1.695, Heun 1.703, annealed policy 1.693,
+uniform policy 1.697 (s.e. 0.008 each); the large-h policy collapses entropy (2.26 bits at 8 steps vs 2.57 for data). The limit
 there is the factorisation of a step, not the recipe: the exact posterior itself scores 1.668 at 8
 steps (``benchmarks/fsdfm_diagnostics.py``). The uniform source (``*_uniform``) is where distillation
 pays (teacher 1.738 → student 1.673 at 8 steps), partly by sharpening (entropy −2.3% vs its teacher at
