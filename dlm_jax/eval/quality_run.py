@@ -239,6 +239,10 @@ def run_quality(run, *, steps_list, sampler=None, metrics=("entropy",), judge=No
     if judge_obj is not None:
         probe_judge(run, judge_obj)
     name = sampler or run.config.get("sample", {}).get("sampler", None)
+    for steps in steps_list:  # a step count the sampler refuses fails here, traced only, before any sampling
+        with jax.enable_x64(True):
+            jax.eval_shape(lambda k, s=int(steps): run.method.sample(run.params, k, num_samples=1, steps=s, sampler=name,
+                                                                     **sampler_kw), jax.random.key(0))
     rows = []
     for steps in steps_list:
         tokens, nfe, seconds = sample_tokens(run.method, run.params, steps=int(steps), sampler=name,
