@@ -40,6 +40,7 @@ class PeerWatchdog(threading.Thread):
         self.client, self.pid, self.n = client, int(process_id), int(num_processes)
         self.stale_after, self.period = float(stale_after), float(period)
         self._stop_event = threading.Event()
+        self.pending = set(range(self.n)) - {self.pid}  # peers not yet marked done
 
     def _beat(self, count: int) -> None:
         self.client.key_value_set(f"{_PREFIX}alive/{self.pid}", str(count), allow_overwrite=True)
@@ -66,6 +67,7 @@ class PeerWatchdog(threading.Thread):
             for peer, (last, moved) in list(seen.items()):
                 if values.get(f"{_PREFIX}done/{peer}") is not None:
                     del seen[peer]
+                    self.pending.discard(peer)
                     continue
                 value = values.get(f"{_PREFIX}alive/{peer}")
                 if value != last:
@@ -110,8 +112,19 @@ def start_peer_watchdog(heartbeat_timeout_seconds: float) -> PeerWatchdog | None
 
 
 def stop_peer_watchdog() -> None:
-    """Mark this process done (a clean exit) and stop watching; safe to call more than once."""
+    """At exit: keep watching until every peer is done too, for at most ``stale_after`` + two
+    periods, then mark this process done and stop; safe to call more than once.
+
+    The wait matters when this process exits *because* a peer died (a collective with it raised in
+    the main thread): jax's shutdown barrier would then abort with XLA's fatal log, while the
+    watchdog, still running here, notices the silent peer and exits with its one line. On a clean
+    exit it only waits for peers that are finishing too (jax's shutdown barrier waits for them
+    anyway); a peer stuck for longer than the bound does not hold this process."""
     global _WATCHDOG
-    if _WATCHDOG is not None:
-        _WATCHDOG.finish()
-        _WATCHDOG = None
+    watchdog, _WATCHDOG = _WATCHDOG, None
+    if watchdog is None:
+        return
+    deadline = time.monotonic() + watchdog.stale_after + 2 * watchdog.period
+    while watchdog.pending and watchdog.is_alive() and time.monotonic() < deadline:
+        time.sleep(min(0.2, watchdog.period))
+    watchdog.finish()

@@ -52,10 +52,20 @@ def _check_pairs(config):
     check_int("data.pairs_source_len", config["pairs_source_len"], min=2)
 
 
-register_source("test_pairs", _pairs_builder, defaults={"pairs_source_len": 8}, validate=_check_pairs,
-                tokenizer=lambda config: CharTokenizer())
-# The same pairs with no tokenizer of their own: sentencepiece is trained on both fields' text.
-register_source("test_pairs_spm", _pairs_builder, defaults={"pairs_source_len": 8}, validate=_check_pairs)
+@pytest.fixture(autouse=True, scope="module")
+def _test_sources():
+    """Register the test sources for this module only: registered at import, their default key
+    ``pairs_source_len`` would enter every data config later tests of the same xdist worker write
+    into workdirs, and a fresh ``python -m dlm_jax`` process reading one refuses the unknown key."""
+    from dlm_jax.data import registry
+
+    register_source("test_pairs", _pairs_builder, defaults={"pairs_source_len": 8}, validate=_check_pairs,
+                    tokenizer=lambda config: CharTokenizer())
+    # The same pairs with no tokenizer of their own: sentencepiece is trained on both fields' text.
+    register_source("test_pairs_spm", _pairs_builder, defaults={"pairs_source_len": 8}, validate=_check_pairs)
+    yield
+    for name in ("test_pairs", "test_pairs_spm", "test_ids"):
+        registry._REGISTRY.pop(name, None)
 
 
 def _data(**kw):

@@ -54,7 +54,7 @@ def test_ema_update():
 
 
 @pytest.mark.parametrize("key, value, match", [
-    ("schedule", "linear", r"^train.schedule: 'linear'; expected one of \('cosine', 'constant'\)$"),
+    ("schedule", "linear", r"^train.schedule: 'linear'; expected one of \('cosine', 'constant', 'inverse_sqrt'\)$"),
     ("lr", 0.0, r"^train.lr: 0.0; expected a finite number in \(0.0, inf\)$"),
     ("lr", float("inf"), r"^train.lr: inf; expected a finite number in \(0.0, inf\)$"),
     ("lr", float("nan"), r"^train.lr: nan; expected a finite number"),
