@@ -101,10 +101,15 @@ def self_correct_step(key: Array, logp: Array, z: Array, sigma, alpha_s, alpha_t
                       categorical_method: str = "auto") -> Array:
     """ReMDM step with DSL self-correction: a decoded position picked for remasking (w.p. σ) is
     instead re-drawn from the model's own distribution ``p`` at that *visible* position (the
-    denoiser saw its noisy encoding); the others keep their token. Masked positions move as in
-    ReMDM (unmask w.p. ``1 − mask_prob`` to ``x ~ p``). Per position, the law is
-    ``decoded: (1 − σ) δ_z + σ p``; ``masked: mask_prob δ_m + (1 − mask_prob) p``."""
-    pi = mask_prob(z == mask_id, sigma, alpha_s, alpha_t)
+    denoiser saw its noisy encoding); the others keep their token. No position goes back to the
+    mask, so masked positions unmask at the plain MDLM rate ``(α_s − α_t)/(1 − α_t)`` (ReMDM's
+    ``(α_s − (1 − σ)α_t)/(1 − α_t)`` pays back remasking that never happens here: it would
+    leave ``1 − α_s − σα_t`` masked instead of ``1 − α_s``, and empty the mask during the loop
+    phase, where α is constant). Per position, the law is ``decoded: (1 − σ) δ_z + σ p``;
+    ``masked: (1 − α_s)/(1 − α_t) δ_m + (α_s − α_t)/(1 − α_t) p``, so ``P(masked) = 1 − α_s``
+    after every step, as in the schedule."""
+    masked = z == mask_id
+    pi = jnp.where(masked, mask_prob(masked, 0.0, alpha_s, alpha_t), sigma)
     z_s, x = ancestral_draw(key, logp, z, pi, mask_id=mask_id, categorical_method=categorical_method,
                             carry_over=False)
     return jnp.where(z == mask_id, z_s, jnp.where(z_s == mask_id, x, z)).astype(jnp.int32)
@@ -172,7 +177,8 @@ def sample_dsl_remdm_loop(denoise_fn, key: Array, *, num_samples: int, length: i
     on ``encode_state`` of the current state (decoded tokens at s_c ~ U[0.8,1]·s_max with noise
     by default, ``encode="clean"``: s_max·e), then the noise-removal argmax: NFE = T + 1.
     Decoded positions carry over (SUBS); ``self_correct=True`` re-draws a position picked for
-    remasking from the model's distribution at that visible position (``self_correct_step``)."""
+    remasking from the model's distribution at that visible position and unmasks at the MDLM
+    rate, since nothing is remasked (``self_correct_step``)."""
     check_discrete_options(s_max=s_max, encode=encode, top_p=top_p, self_correct=self_correct,
                            categorical_method=categorical_method, eta=eta, t_on=t_on, t_off=t_off,
                            alpha_on=alpha_on, eps=eps)
