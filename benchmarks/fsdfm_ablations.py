@@ -56,13 +56,20 @@ ABLATIONS = {  # in the order they run (most informative first)
 }
 
 
+def _train(cfg, workdir, steps):
+    """Train (or resume) ``cfg``; a run stopped early (signal) is not scored as if it had finished."""
+    t0 = time.perf_counter()
+    out = loop.train(cfg, workdir)
+    if out["preempted"] or int(out["step"]) < steps:
+        raise SystemExit(f"{workdir}: stopped at step {int(out['step'])} of {steps}; rerun to resume")
+    return time.perf_counter() - t0
+
+
 def _teacher(workdir, source, steps):
     cfg = fsdfm_configs.get_config("teacher_demo" + ("_uniform" if source == "uniform" else ""))
     cfg.train.steps, cfg.checkpoint.every = steps, steps
     cfg.evals.eval.every = steps
-    t0 = time.perf_counter()
-    loop.train(cfg, workdir)
-    return cfg, time.perf_counter() - t0
+    return cfg, _train(cfg, workdir, steps)
 
 
 def _student(workdir, teacher_dir, source, overrides, steps):
@@ -74,9 +81,7 @@ def _student(workdir, teacher_dir, source, overrides, steps):
     for path, value in overrides.items():
         section, key = path.split(".")
         cfg[section][key] = max(steps // 6, 1) if value == "steps/6" else value
-    t0 = time.perf_counter()
-    loop.train(cfg, workdir)
-    return cfg, time.perf_counter() - t0
+    return cfg, _train(cfg, workdir, steps)
 
 
 def score(method, params, key, *, steps, sampler, samples, oracle):
