@@ -11,7 +11,7 @@ Time direction: t = 0 clean, t = 1 noise. Per training pair (x = source, y = tar
 
 SCP off ⇔ λ = 1, γ = 0, t_sc = t; MANS off ⇔ β ≡ 1: both off is the DINOISER-style baseline.
 The model is ``encdec`` (``models/encdec.py``): source ids in, x0 in embedding space out.
-``sample(..., source=, source_mask=)`` translates (DDIM/CEDI with self-conditioning, length beam,
+``sample(..., source=, source_mask=)`` translates (DDIM/CEDI/DiffuSeq with self-conditioning, length beam,
 MBR); without a source it translates the empty source (the trainer's unconditional sample hook).
 """
 
@@ -24,11 +24,12 @@ import jax.numpy as jnp
 
 from dlm_jax.checks import check_choice, check_int, fail
 from dlm_jax.methods.base import Method, masked_mean, vocab_size_from_config
-from dlm_jax.methods.fastdiss_config import Settings, settings
+from dlm_jax.methods.fastdiss_config import SAMPLERS, Settings, settings
 from dlm_jax.models.registry import ModelSpec
 from dlm_jax.processes import embedding_diffusion as ed
 from dlm_jax.samplers import mbr as mbr_lib
-from dlm_jax.samplers.ddim_sc import MODES, ddim_sc
+from dlm_jax.samplers.ddim_sc import ddim_sc
+from dlm_jax.samplers.diffuseq import diffuseq_sc
 
 __all__ = ["model_spec", "build", "PAD_ID", "EOS_ID"]
 
@@ -150,8 +151,8 @@ def build(config, apply_fn: Callable) -> Method:
     def sample(params, rng, *, num_samples=None, steps, sampler=None, source=None, source_mask=None, length=None,
                length_beam=None, mbr=None, record_gap=False, z_init=None):
         """Translate ``source [B, Ls]`` (default: the empty source, ``num_samples`` rows) with K = ``steps``
-        DDIM/CEDI steps → ``(tokens [B, length], info)``; ``length`` defaults to ``data.seq_len``."""
-        mode = check_choice("sampler", sampler or s.sampler, MODES)
+        DDIM/CEDI/DiffuSeq-ancestral steps → ``(tokens [B, length], info)``; ``length``: ``data.seq_len``."""
+        mode = check_choice("sampler", sampler or s.sampler, SAMPLERS)
         check_int("steps", steps, min=1)
         if source is None:
             source = jnp.full((num_samples or 1, 1), EOS_ID, jnp.int32)
@@ -180,8 +181,12 @@ def build(config, apply_fn: Callable) -> Method:
             return apply_fn(params, z, {"memory": mem, "source_mask": smc, "t": t, "self_cond": sc,
                                         "padding_mask": tmask})
 
-        zhat, info = ddim_sc(denoise, rng, shape=(bsz * c, n, s.dim), steps=steps, schedule=s.schedule, mode=mode,
-                             t_end=s.t_end, cedi_end=s.cedi_end, record_gap=record_gap, z_init=z_init)
+        if mode == "diffuseq":
+            zhat, info = diffuseq_sc(denoise, rng, shape=(bsz * c, n, s.dim), steps=steps, schedule=s.schedule,
+                                     t_end=s.t_end, record_gap=record_gap, z_init=z_init)
+        else:
+            zhat, info = ddim_sc(denoise, rng, shape=(bsz * c, n, s.dim), steps=steps, schedule=s.schedule, mode=mode,
+                                 t_end=s.t_end, cedi_end=s.cedi_end, record_gap=record_gap, z_init=z_init)
         tokens = jnp.where(tmask > 0, jnp.argmax(zhat @ table.T, -1), PAD_ID).astype(jnp.int32)
         cands = tokens.reshape(bsz, c, n)
         first_eos = jnp.argmax(jnp.concatenate([cands == EOS_ID, jnp.ones((bsz, c, 1), bool)], -1), -1)

@@ -25,7 +25,7 @@ key                    default              meaning
 ``first_pass``         0.5                  probability per batch of the no-SC first-pass loss on z_t
 ``rounding_weight``    1.0                  rounding cross-entropy CE(z_0 Eᵀ, y)
 ``length_weight``      0.1                  length-predictor cross-entropy
-``sampler``            "ddim"               or "cedi" (§2.4)
+``sampler``            "ddim"               or "cedi" (§2.4), "diffuseq" (ancestral, fresh noise)
 ``t_end``, ``cedi_end``  1e-3, 0.99         latent grid end; CEDI model-time end
 ``length_mode``        "predict"            length predictor (beam); "source": the source length
 ``length_beam``        1                    lengths per source
@@ -48,6 +48,7 @@ SCP_MODES = ("previous_step", "constant")
 TIME_LABELS = ("t_plus", "t")
 MANS_SCALES = ("noise_and_label", "label_only")
 LENGTH_MODES = ("predict", "source")
+SAMPLERS = MODES + ("diffuseq",)  # DDIM / CEDI (samplers.ddim_sc), DiffuSeq-style (samplers.diffuseq)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,7 +134,7 @@ def settings(config) -> Settings:
         first_pass=r("first_pass", 0.5, check_float, min=0.0, max=1.0),
         rounding_weight=r("rounding_weight", 1.0, check_float, min=0.0),
         length_weight=r("length_weight", 0.1, check_float, min=0.0),
-        sampler=r("sampler", "ddim", check_choice, allowed=MODES),
+        sampler=r("sampler", "ddim", check_choice, allowed=SAMPLERS),
         t_end=r("t_end", 1e-3, check_float, min=0.0, max=1.0, max_open=True),
         cedi_end=r("cedi_end", 0.99, check_float, min=0.0, max=1.0),
         length_mode=r("length_mode", "predict", check_choice, allowed=LENGTH_MODES),

@@ -108,7 +108,7 @@ def test_no_gradient_flows_into_the_sc_estimate_and_switches_off():
 
 @pytest.mark.parametrize("key,value,match", [
     ("schedule", "cosine", r"^method.schedule: 'cosine'; expected one of \('interchangeable', 'sqrt'\)$"),
-    ("sampler", "ancestral", r"^method.sampler: 'ancestral'; expected one of \('ddim', 'cedi'\)$"),
+    ("sampler", "ancestral", r"^method.sampler: 'ancestral'; expected one of \('ddim', 'cedi', 'diffuseq'\)$"),
     ("length_mode", "oracle", r"^method.length_mode: 'oracle'; expected one of"),
     ("beta_phases", (20, 10), r"^method.beta_phases: \(20, 10\); expected strictly increasing"),
     ("scp_lambda", 0.0, r"^method.scp_lambda: 0.0; expected a finite number in \(0.0, inf\)$"),
@@ -128,8 +128,8 @@ def test_bad_sample_inputs_are_one_line_errors():
         method.sample(params, jax.random.key(0), steps=2, source=jnp.full((1, 9), 5))
 
 
-def _exact_match(method, params, batch, steps):
-    tokens, info = method.sample(params, jax.random.key(0), steps=steps, source=batch["source"],
+def _exact_match(method, params, batch, steps, sampler=None):
+    tokens, info = method.sample(params, jax.random.key(0), steps=steps, sampler=sampler, source=batch["source"],
                                  source_mask=batch["source_mask"])
     ok = jnp.all(jnp.where(batch["target_mask"] > 0, tokens == batch["target"], True), -1)
     return jnp.mean(ok.astype(jnp.float32)), info["nfe"]
@@ -164,6 +164,8 @@ def test_learns_the_reversal_task():
         params, state = train(params, state, jax.random.key(r), r * 50)
     after = float(evaluate(params, test)[0])
     assert float(before) == 0.0 and after > 0.5, (before, after)
+    ancestral, nfe = jax.jit(lambda p, b: _exact_match(method, p, b, 20, "diffuseq"))(params, test)
+    assert int(nfe) == 20 and float(ancestral) > 0.5, float(ancestral)  # the DiffuSeq-style sampler, K = 20
 
 
 def _device_batch(key, b=32, lo=3, hi=4):

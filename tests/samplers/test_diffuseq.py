@@ -1,7 +1,7 @@
 """The DiffuSeq-style ancestral sampler (x0-parameterised Gaussian posterior, fresh noise, self-
 conditioning): its step equals Gaussian conditioning of the forward process in closed form, and in
-the one-token world of ``test_ddim_sc`` an exact denoiser reproduces the prior at K = 300 (TV 0.004 on 20,000 draws; K = 2: 0.081, vs 0.091 for
-deterministic DDIM; K = 5: 0.025).
+the one-token world of ``test_ddim_sc`` an exact denoiser reproduces the prior at K = 300 (TV 0.004
+on 20,000 draws; K = 2: 0.081, vs 0.091 for deterministic DDIM; K = 5: 0.025).
 """
 
 import jax
