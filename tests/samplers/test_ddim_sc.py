@@ -4,7 +4,8 @@ One-token world (§3.6 check 3): a codebook of V = 8 unit vectors in d = 8 and a
 posterior mean E[z_0 | z_t] = Σ_v w_v e_v with w ∝ π_v exp((α⟨z, e_v⟩ − α²/2)/σ²). Deterministic
 DDIM with K = 200 steps maps N(0, I) to a token histogram within total variation 0.015 of π
 (measured 0.0049 on 20,000 draws; 0.005 at K = 1,000: 200 steps have converged); with K = 2 it is
-biased: TV 0.091 (K = 1: 0.95, every draw rounds the prior mean; K = 5: 0.030; K = 20: 0.009): the baseline of the SC-gap study.
+biased: TV 0.091 (K = 1: 0.95, every draw rounds the prior mean; K = 5: 0.030; K = 20: 0.009): the
+baseline of the SC-gap study.
 """
 
 import jax
