@@ -25,8 +25,10 @@ Config keys read by ``build`` (missing keys get these defaults, written back int
 
 ==================  ===================  =====================================================
 ``dim``             ``48``               anchor dimension d (= ``model.input_dim``)
-``anchors``         ``"random"``         frozen Gaussian unit rows (the only kind wired here)
-``anchor_seed``     ``42``               their seed (``converter.frozen_anchors``)
+``anchors``         ``"random"``         ``"random"``: frozen Gaussian unit rows of the seed;
+                                         ``"pca"``: PCA of the init_from source's token
+                                         embedding (``mdlm_to_dsl``), stored in the params
+``anchor_seed``     ``42``               the random rows' seed (``converter.frozen_anchors``)
 ``beta_init``       ``None``             converter β init; None = 1/√d
 ``highpass``        ``False``            converter high-pass residual
 ``snr_gate``        ``False``            SNR gate on that residual (needs highpass)
@@ -55,6 +57,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from dlm_jax import checks
 from dlm_jax.checks import check_bool, check_choice, check_float, check_int, fail, resolve
@@ -63,11 +66,11 @@ from dlm_jax.models import converter as cv
 from dlm_jax.models.registry import ModelSpec
 from dlm_jax.processes import localization as loc
 
-__all__ = ["LOSSES", "ANCHORS", "adapter_options", "anchors_from_config", "snr_config", "corrupt", "loss_weights",
+__all__ = ["LOSSES", "ANCHORS", "adapter_options", "anchors_from_config", "source_pca_anchors", "snr_config", "corrupt", "loss_weights",
            "ce_terms", "denoise_fn", "model_spec", "build", "params_from_mdlm"]
 
 LOSSES = ("all", "masked_only", "snr_weighted")
-ANCHORS = ("random",)
+ANCHORS = cv.ANCHOR_KINDS
 # Samplers that encode decoded tokens at s_c ~ U[0.8, 1]·s_max: they get the method's s_max.
 _ENCODE_AT_S_MAX = ("dsl_remdm_loop", "dsl_roar", "dsl_hybrid")
 
@@ -88,30 +91,67 @@ def adapter_options(config) -> cv.ConverterOptions:
         fail("model.input_adapter", name, f"{cv.CONVERTER!r} (or '{cv.CONVERTER}:k=v,...') or {cv.LINEAR!r}: DSL "
              "feeds z [B, L, d], not token ids")
     given = cv.parse_adapter_name(name)
-    resolve(mc, "anchors", "random", prefix="method", check=check_choice, allowed=ANCHORS)
+    anchors = resolve(mc, "anchors", given.anchors, prefix="method", check=check_choice, allowed=ANCHORS)
+    if anchors == "pca":
+        _check_pca(config, given.kind)
     seed = resolve(mc, "anchor_seed", given.seed, prefix="method", check=check_int, min=0)
     beta = resolve(mc, "beta_init", given.beta_init, prefix="method")
     if beta is not None:
         beta = check_float("method.beta_init", beta, min=0.0, min_open=True)
     highpass = resolve(mc, "highpass", given.highpass, prefix="method", check=check_bool)
     gate = resolve(mc, "snr_gate", given.snr_gate, prefix="method", check=check_bool)
-    want = cv.ConverterOptions(kind=given.kind, seed=seed, beta_init=beta, highpass=highpass, snr_gate=gate)
+    want = cv.ConverterOptions(kind=given.kind, seed=seed, beta_init=beta, highpass=highpass, snr_gate=gate,
+                               anchors=anchors)
     canonical = cv.adapter_name(want)
     if name not in (given.kind, canonical):
         fail("model.input_adapter", name, f"{canonical!r}, the adapter of method.anchor_seed/beta_init/highpass/"
-             "snr_gate (or the bare kind)")
+             "snr_gate/anchors (or the bare kind)")
     with config.model.unlocked() if hasattr(config.model, "unlocked") else contextlib.nullcontext():
         config.model.input_adapter = canonical
     return want
+
+
+def _check_pca(config, kind: str) -> None:
+    """``anchors="pca"`` needs the converter, an MDLM source (``init_from`` with mapping
+    ``mdlm_to_dsl``) and ``d <= min(V, D)`` (the PCA of the ``[V, D]`` token embedding)."""
+    if kind != cv.CONVERTER:
+        fail("method.anchors", "pca", f"'random' with model.input_adapter={kind!r} (only the converter stores anchors)")
+    block = config.get("init_from", None) or {}
+    if not block.get("workdir", "") or block.get("mapping", "copy") != "mdlm_to_dsl":
+        fail("method.anchors", "pca", "'random' unless init_from.workdir is an MDLM run with mapping 'mdlm_to_dsl' "
+             "(the PCA of its token embedding)")
+    limit = min(vocab_size_from_config(config), int(_model_get(config, "width", 0) or 0) or 10**9)
+    if _dim(config) > limit:
+        fail("method.dim", _dim(config), f"<= {limit} = min(V, model.width) with method.anchors='pca'")
 
 
 def _dim(config) -> int:
     return resolve(config.method, "dim", 48, prefix="method", check=check_int, min=1)
 
 
-def anchors_from_config(config) -> jax.Array:
-    """The run's anchors ``[V, d]`` (frozen random unit rows; traceable, no params needed)."""
-    return cv.frozen_anchors(adapter_options(config).seed, vocab_size_from_config(config), _dim(config))
+def _param(params, name: str):
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        if _names(path) == name:
+            return leaf
+    fail("params", f"no {name!r}", f"the params of a DSL model with {name!r}")
+
+
+def anchors_from_config(config, params=None) -> jax.Array:
+    """The run's anchors ``[V, d]``: the seed's frozen random unit rows (traceable, no params
+    needed), or with ``anchors="pca"`` the table stored in ``params`` (unit rows, no gradient)."""
+    options = adapter_options(config)
+    if options.anchors == "pca":
+        if params is None:
+            fail("params", None, "the run's params for method.anchors='pca' (the anchors are stored there)")
+        return cv.unit_rows(jax.lax.stop_gradient(_param(params, cv.ANCHOR_PARAM)))
+    return cv.frozen_anchors(options.seed, vocab_size_from_config(config), _dim(config))
+
+
+def source_pca_anchors(embedding, dim: int) -> jax.Array:
+    """``localization.pca_anchors`` of the token rows ``embedding [V, D]`` (float64 numpy, signs
+    fixed), callable under ``jit`` (a ``pure_callback``: run once, at init)."""
+    out = jax.ShapeDtypeStruct((embedding.shape[0], dim), jnp.float32)
+    return jax.pure_callback(lambda e: np.asarray(loc.pca_anchors(e, dim), np.float32), out, embedding)
 
 
 def snr_config(method_cfg) -> dict:
@@ -168,8 +208,8 @@ def build(config, apply_fn: Callable) -> Method:
     from dlm_jax import samplers
 
     mc = config.method
-    v, dim = vocab_size_from_config(config), _dim(config)
-    options = adapter_options(config)
+    v = vocab_size_from_config(config)
+    adapter_options(config)  # validated (and the adapter name written back) before anything traces
     snr_cfg = snr_config(mc)
     loss_kind = resolve(mc, "loss", "all", prefix="method", check=check_choice, allowed=LOSSES)
     weight_kw = dict(
@@ -186,12 +226,12 @@ def build(config, apply_fn: Callable) -> Method:
                               allowed=samplers.DSL)
     use_dropout = float(_model_get(config, "dropout", 0.0) or 0.0) > 0.0
     default_length = config.data.get("seq_len", None) if "data" in config else None
-    anchors = lambda: cv.frozen_anchors(options.seed, v, dim)  # noqa: E731  (in-graph, never a param)
+    anchors = lambda params: anchors_from_config(config, params)  # noqa: E731  (in-graph: seed or stored table)
 
     def _terms(params, batch, rng, train: bool):
         x = jnp.asarray(batch["tokens"])
         k_z, k_drop = jax.random.split(rng)
-        z, snr, roar, revealed = corrupt(k_z, x, anchors(), snr_cfg)
+        z, snr, roar, revealed = corrupt(k_z, x, anchors(params), snr_cfg)
         kw = {"dropout_rng": k_drop} if (train and use_dropout) else {}
         return ce_terms(apply_fn(params, z, {}, **kw), x), snr, roar, revealed
 
@@ -214,7 +254,7 @@ def build(config, apply_fn: Callable) -> Method:
         mask = batch.get("loss_mask")
         mask = jnp.ones(x.shape, jnp.float32) if mask is None else jnp.asarray(mask, jnp.float32)
         k_bound, k_trunc, k_ce = jax.random.split(rng, 3)
-        a = anchors()
+        a = anchors(params)
         denoise = denoise_fn(apply_fn, params)
         bound = loc.immse_bound(denoise, x, a, k_bound, grid=grid)
         # The truncation term E[−log p_θ(x | z_S)] alone, on its own draw z_S = S·e(x) + √S·ε.
@@ -235,7 +275,7 @@ def build(config, apply_fn: Callable) -> Method:
         if name in _ENCODE_AT_S_MAX:
             kw.setdefault("s_max", snr_cfg["s_max"])
         return samplers.get_sampler(name)(denoise_fn(apply_fn, params), rng, num_samples=num_samples, length=length,
-                                          steps=steps, vocab_size=v, anchors=anchors(), **kw)
+                                          steps=steps, vocab_size=v, anchors=anchors(params), **kw)
 
     return Method(name="dsl", loss=loss, evaluate=evaluate, sample=sample, samplers=tuple(samplers.DSL))
 
@@ -249,7 +289,8 @@ def params_from_mdlm(src_params, src_config, fresh, config, *, workdir: str = "?
     """DSL params from an MDLM run's (METHODS §4.2 "initialised from the backbone"): the DiT backbone
     copied; the converter's ``W`` (``adapter/kernel [V+1, D]``) = the MDLM token embedding, mask row
     included; its ``c`` = 0, so ``h = Σ_v π_v E[v]`` exactly (the posterior-weighted embedding);
-    the output layer's first V classes (MDLM's mask logit dropped); β, the logit biases and any
+    the output layer's first V classes (MDLM's mask logit dropped); with ``anchors="pca"`` the
+    anchor table = the PCA of the V token rows (``source_pca_anchors``); β, the logit biases and any
     residual/gate fresh. Pure in the params (runs under jit); one-line errors on a mismatch."""
     src_method = src_config.get("method", {})
     if src_method.get("name") != "mdlm":
@@ -270,6 +311,8 @@ def params_from_mdlm(src_params, src_config, fresh, config, *, workdir: str = "?
         name = _names(path)
         if name == "adapter/kernel":
             new = emb
+        elif name == cv.ANCHOR_PARAM:
+            new = source_pca_anchors(emb[:v], leaf.shape[1])
         elif name == "adapter/bias":
             new = jnp.zeros_like(leaf)
         elif name.startswith("adapter/"):

@@ -17,16 +17,21 @@ denoiser stays SNR-free).
 
 **Linear** (``"dsl_linear"``): ``h = W z + c``, the ablation of METHODS §4.7(6).
 
-**Anchors.** The converter's anchors are frozen random unit rows (``localization.random_anchors``
+**Anchors.** ``anchors="random"`` (default): frozen random unit rows (``localization.random_anchors``
 of ``jax.random.key(seed)``, same formula: ``frozen_anchors``), recomputed inside the forward from the seed: they are no ``Param``,
 so no optimizer step or weight decay can move them off the unit sphere, and the method rebuilds the
-very same array from the same seed (``frozen_anchors``). V is ``DiTConfig.num_classes`` (DSL has
+very same array from the same seed (``frozen_anchors``). ``anchors="pca"``: a ``Param``
+``anchor_table [V, d]`` (the PCA of the init_from source's token embedding, written there by the
+``mdlm_to_dsl`` mapping; the seed's random rows until then) that travels with the checkpoint, so a
+run samples with the anchors it trained on without its source; read through ``stop_gradient`` and
+re-normalised on use (``unit_rows``), so no update, weight decay or EMA rounding moves it off the
+sphere or gives it a gradient. V is ``DiTConfig.num_classes`` (DSL has
 V outputs, no mask class) and d is ``DiTConfig.input_dim``.
 
 **Names.** DiTConfig has no field for the seed or the options, so they are written in the adapter
 name: ``"dsl_converter"`` is the default (seed 42, β = 1/√d, no residual) and
-``"dsl_converter:seed=7,beta_init=5.0,highpass=1,snr_gate=1"`` lists the options that differ, in
-that order (``adapter_name`` builds the canonical name, ``ensure_adapter`` parses and registers one;
+``"dsl_converter:seed=7,beta_init=5.0,highpass=1,snr_gate=1,anchors=pca"`` lists the options that
+differ, in that order (``adapter_name`` builds the canonical name, ``ensure_adapter`` parses and registers one;
 ``methods/dsl.py`` derives it from ``config.method`` and writes it back into
 ``config.model.input_adapter``). A name fixes one function, so no mutable registry can make two
 models built from the same name differ.
@@ -47,24 +52,29 @@ from dlm_jax.models.adapters import VectorAdapter, register_input_adapter
 from dlm_jax.models.layers import make_param, torch_uniform, zeros_init
 
 __all__ = ["CONVERTER", "LINEAR", "DEFAULT_SEED", "ConverterOptions", "Converter", "adapter_name",
-           "parse_adapter_name", "ensure_adapter", "is_dsl_adapter", "frozen_anchors", "snr_estimate"]
+           "parse_adapter_name", "ensure_adapter", "is_dsl_adapter", "frozen_anchors", "unit_rows", "snr_estimate",
+           "ANCHOR_KINDS", "ANCHOR_PARAM"]
 
 CONVERTER = "dsl_converter"
 LINEAR = "dsl_linear"
 DEFAULT_SEED = 42  # DSL-LLaDA's anchor seed
+ANCHOR_KINDS = ("random", "pca")
+ANCHOR_PARAM = "adapter/anchor_table"  # the stored anchors of anchors="pca", by parameter path
 _HI = jax.lax.Precision.HIGHEST
 
 
 @dataclasses.dataclass(frozen=True)
 class ConverterOptions:
     """What a DSL adapter name fixes. kind: ``"dsl_converter"`` or ``"dsl_linear"``; seed: the
-    anchors' seed (converter); beta_init: None = 1/√d; highpass / snr_gate: the residual flags."""
+    anchors' seed (converter); beta_init: None = 1/√d; highpass / snr_gate: the residual flags;
+    anchors: ``"random"`` (from the seed) or ``"pca"`` (a stored table)."""
 
     kind: str = CONVERTER
     seed: int = DEFAULT_SEED
     beta_init: float | None = None
     highpass: bool = False
     snr_gate: bool = False
+    anchors: str = "random"
 
     def __post_init__(self):
         checks.check_choice("input_adapter", self.kind, (CONVERTER, LINEAR))
@@ -73,13 +83,15 @@ class ConverterOptions:
             checks.check_float("beta_init", self.beta_init, min=0.0, min_open=True)
         checks.check_bool("highpass", self.highpass)
         checks.check_bool("snr_gate", self.snr_gate)
+        checks.check_choice("anchors", self.anchors, ANCHOR_KINDS)
         if self.snr_gate and not self.highpass:
             checks.fail("snr_gate", True, "False unless highpass=True (the gate scales the high-pass residual)")
-        if self.kind == LINEAR and (self.beta_init is not None or self.highpass):
-            checks.fail("input_adapter", self.kind, "no converter options (beta_init, highpass) with the linear adapter")
+        if self.kind == LINEAR and (self.beta_init is not None or self.highpass or self.anchors != "random"):
+            checks.fail("input_adapter", self.kind, "no converter options (beta_init, highpass, anchors) with the linear "
+                        "adapter")
 
 
-_OPTION_KEYS = ("seed", "beta_init", "highpass", "snr_gate")
+_OPTION_KEYS = ("seed", "beta_init", "highpass", "snr_gate", "anchors")
 
 
 def adapter_name(options: ConverterOptions) -> str:
@@ -93,7 +105,8 @@ def adapter_name(options: ConverterOptions) -> str:
         for key in _OPTION_KEYS:
             value = getattr(options, key)
             if value != getattr(default, key):
-                parts.append(f"{key}={int(value) if isinstance(value, bool) else value!r}")
+                shown = int(value) if isinstance(value, bool) else value if isinstance(value, str) else repr(value)
+                parts.append(f"{key}={shown}")
         name = CONVERTER + (":" + ",".join(parts) if parts else "")
     _register(name, options)
     return name
@@ -112,9 +125,10 @@ def parse_adapter_name(name: str) -> ConverterOptions:
         if not sep or key not in _OPTION_KEYS or key in values:
             checks.fail("model.input_adapter", name, expected)
         try:
-            values[key] = {"seed": int, "beta_init": float}.get(key, lambda r: bool(int(r)))(raw)
+            values[key] = {"seed": int, "beta_init": float, "anchors": str}.get(key, lambda r: bool(int(r)))(raw)
         except ValueError:
-            checks.fail(f"model.input_adapter option {key}", raw, "an int (seed), a float (beta_init) or 0/1")
+            checks.fail(f"model.input_adapter option {key}", raw, "an int (seed), a float (beta_init), a name "
+                        "(anchors) or 0/1")
     options = ConverterOptions(kind=kind, **values)
     if adapter_name(options) != name:
         checks.fail("model.input_adapter", name, f"the canonical spelling {adapter_name(options)!r}")
@@ -135,6 +149,12 @@ def frozen_anchors(seed: int, vocab_size: int, dim: int) -> jax.Array:
     L2-normalised — the formula of ``processes.localization.random_anchors`` (equal bit for bit,
     tests/models/test_converter.py), written here because models/ sits below processes/."""
     x = jax.random.normal(jax.random.key(seed), (vocab_size, dim), jnp.float32)
+    return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def unit_rows(x: jax.Array) -> jax.Array:
+    """Rows of ``x [V, d]`` divided by their L2 norm (float32)."""
+    x = jnp.asarray(x, jnp.float32)
     return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
 
 
@@ -160,7 +180,7 @@ class Converter(nnx.Module):
     Params: ``kernel [V+1, D]`` (rows = token embeddings, row V = [MASK]; init U(±1/√D) like the
     DiT token embedding), ``bias [D]`` (c, nn.Linear default init), ``beta []``, ``logit_bias [V+1]``;
     with ``highpass``: ``residual.{kernel [d, D], bias [D]}``; with ``snr_gate``: ``gate_temp``,
-    ``gate_bias``.
+    ``gate_bias``; with ``anchors="pca"``: ``anchor_table [V, d]`` (stored anchors, no gradient).
     """
 
     def __init__(self, vocab_size: int, dim: int, width: int, options: ConverterOptions, *, rngs: nnx.Rngs):
@@ -176,11 +196,16 @@ class Converter(nnx.Module):
             normal = lambda k, s, dt=jnp.float32: 0.01 * jax.random.normal(k, s, dt)  # noqa: E731
             self.residual_kernel = make_param(rngs, normal, (dim, width), (None, "embed"))
             self.residual_bias = make_param(rngs, zeros_init, (width,), ("embed",))
+        if options.anchors == "pca":  # the seed's rows until init_from writes the PCA (methods.dsl)
+            table = lambda k, s, dt=jnp.float32: frozen_anchors(options.seed, vocab_size, dim).astype(dt)  # noqa: E731
+            self.anchor_table = make_param(rngs, table, (vocab_size, dim), ("vocab", None))
         if options.snr_gate:
             self.gate_temp = make_param(rngs, _const(5.0), (), ())
             self.gate_bias = make_param(rngs, _const(2.0), (), ())
 
     def anchors(self) -> jax.Array:
+        if self.options.anchors == "pca":
+            return unit_rows(jax.lax.stop_gradient(self.anchor_table[...]))
         return frozen_anchors(self.options.seed, self.vocab_size, self.dim)
 
     def probs(self, z: jax.Array) -> jax.Array:

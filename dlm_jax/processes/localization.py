@@ -69,8 +69,9 @@ def random_anchors(key, vocab_size: int, dim: int) -> Array:
 
 def pca_anchors(embedding, dim: int) -> Array:
     """Anchors from a token embedding ``[V, D]``: the centred rows projected on their top-``dim``
-    principal directions, then L2-normalised (float64 SVD in numpy; run once at set-up).
-    Returns float32 ``[V, dim]``."""
+    principal directions, then L2-normalised (float64 SVD in numpy; run once at set-up). Each
+    direction's sign is fixed so that its largest-magnitude coordinate is positive (SVD leaves it
+    free), so the result is a function of the embedding. Returns float32 ``[V, dim]``."""
     emb = np.asarray(embedding, np.float64)
     if emb.ndim != 2 or not np.all(np.isfinite(emb)):
         fail("embedding", f"shape {emb.shape}", "a finite 2-D array [V, D]")
@@ -78,6 +79,7 @@ def pca_anchors(embedding, dim: int) -> Array:
     centred = emb - emb.mean(0, keepdims=True)
     _, _, vt = np.linalg.svd(centred, full_matrices=False)
     proj = centred @ vt[:d].T
+    proj = proj * np.where(proj[np.argmax(np.abs(proj), axis=0), np.arange(d)] < 0, -1.0, 1.0)
     norms = np.linalg.norm(proj, axis=-1, keepdims=True)
     if np.any(norms <= 1e-12 * max(1.0, float(np.abs(centred).max()))):
         fail("embedding", f"row {int(np.argmin(norms))} projects to 0", f"rows with a non-zero top-{d} PCA projection")

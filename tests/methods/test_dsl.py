@@ -178,7 +178,8 @@ def test_init_from_refuses_a_non_mdlm_run():
     ("method", "sigma", -1.0, r"^method\.sigma: -1\.0; expected"),
     ("method", "ln_clamp", 0.0, r"^method\.ln_clamp: 0\.0; expected"),
     ("method", "loss", "mse", r"^method\.loss: 'mse'; expected one of \('all', 'masked_only', 'snr_weighted'\)"),
-    ("method", "anchors", "pca", r"^method\.anchors: 'pca'; expected one of \('random',\)"),
+    ("method", "anchors", "umap", r"^method\.anchors: 'umap'; expected one of \('random', 'pca'\)"),
+    ("method", "anchors", "pca", r"^method\.anchors: 'pca'; expected 'random' unless init_from\.workdir is an MDLM"),
     ("method", "dim", 0, r"^method\.dim: 0; expected an int >= 1"),
     ("method", "sampler", "mdlm", r"^method\.sampler: 'mdlm'; expected one of \('dsl_"),
     ("method", "snr_gate", True, r"^snr_gate: True; expected False unless highpass=True"),
@@ -230,9 +231,16 @@ def _cli_config(preset, workdir, **train):
 
 def test_tiny_run_through_the_real_trainer_from_an_mdlm_run(tmp_path):
     """configs/mdlm_markov.py:tiny for 2 steps, then configs/dsl.py:tiny initialised from it (mapping
-    'mdlm_to_dsl') for 3 steps: the init copies the MDLM embedding into W, the run checkpoints and
-    evaluates (nelbo = nelbo_sum / num_tokens, bits/token), and the stored run loads and samples."""
+    'mdlm_to_dsl') for 3 steps with anchors="pca" (d = 4): the init copies the MDLM embedding into
+    W and writes the float64 PCA of its V token rows as the anchors, the run checkpoints and
+    evaluates (nelbo = nelbo_sum / num_tokens, bits/token); after the source is deleted the stored
+    run loads, its anchors are still that PCA (unit norm to 1e-6: EMA rounding is the only change)
+    and it samples with them (the sampler called on exactly those anchors draws the same tokens)."""
+    import shutil
+
+    from dlm_jax.models import converter as cv
     from dlm_jax.runs import init_from, load_run, read_config
+    from dlm_jax.samplers import get_sampler
     from dlm_jax.train import loop
 
     src = str(tmp_path / "mdlm")
@@ -242,12 +250,15 @@ def test_tiny_run_through_the_real_trainer_from_an_mdlm_run(tmp_path):
     c.model.update(vocab_size=8, width=32, depth=1, heads=2, cond_dim=16, max_len=16)  # = mdlm_markov:tiny
     c.init_from.update(workdir=src, weights="params")
     c.evals.eval.every = 3
-    c.method.update(immse_dense=2, immse_geometric=2)
+    c.method.update(immse_dense=2, immse_geometric=2, anchors="pca", dim=4)
 
     init_params, source = init_from.initializer(c, registry.build(c, dsl.model_spec(c)), None)
-    p0 = init_params(source)
-    np.testing.assert_array_equal(np.asarray(p0["adapter"]["kernel"][...]),
-                                  np.asarray(source["adapter"]["embedding"][...]))
+    p0 = jax.jit(init_params)(source)
+    emb = np.asarray(source["adapter"]["embedding"][...])
+    np.testing.assert_array_equal(np.asarray(p0["adapter"]["kernel"][...]), emb)
+    pca = np.asarray(loc.pca_anchors(emb[:8].astype(np.float64), 4))
+    np.testing.assert_array_equal(np.asarray(p0["adapter"]["anchor_table"][...]), pca)
+    assert np.abs(pca - np.asarray(cv.frozen_anchors(42, 8, 4))).max() > 0.1  # not the placeholder rows
     loop.train(c, work)
     rows = [json.loads(line) for line in open(os.path.join(work, "metrics.jsonl"))]
     losses = [r["loss"] for r in rows if "loss" in r]
@@ -257,7 +268,16 @@ def test_tiny_run_through_the_real_trainer_from_an_mdlm_run(tmp_path):
     assert ev["eval/bits_per_token"] == pytest.approx(ev["eval/nelbo"] / np.log(2), rel=1e-9)
     assert ev["eval/nelbo"] > ev["eval/immse_trunc"] > 0
     saved, step = read_config(work)
-    assert step == 3 and saved.model.input_adapter == "dsl_converter:beta_init=1.0" and saved.method.immse_s_max is None
-    run = load_run(work)
-    tokens, info = run.method.sample(run.params, jax.random.key(0), num_samples=2, steps=4)
-    assert tokens.shape == (2, 16) and int(info["nfe"]) == 5 and int(tokens.max()) < 8
+    assert step == 3 and saved.model.input_adapter == "dsl_converter:beta_init=1.0,anchors=pca"
+    assert saved.method.immse_s_max is None
+    shutil.rmtree(src)
+    run = load_run(work, use_ema=True)
+    got = np.asarray(dsl.anchors_from_config(run.config, run.params))
+    np.testing.assert_allclose(np.linalg.norm(got, axis=-1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(got, pca, atol=1e-6)
+    key = jax.random.key(0)
+    tokens, info = jax.jit(lambda p: run.method.sample(p, key, num_samples=32, steps=4))(run.params)
+    assert tokens.shape == (32, 16) and int(info["nfe"]) == 5 and int(tokens.max()) < 8
+    direct, _ = get_sampler("dsl_remdm_loop")(dsl.denoise_fn(run.apply, run.params), key, num_samples=32, length=16,
+                                              steps=4, vocab_size=8, anchors=pca, s_max=100.0)
+    np.testing.assert_array_equal(np.asarray(tokens), np.asarray(direct))
