@@ -14,6 +14,10 @@ Presets:
 * ``paper`` — MDLM-OWT scale (TPU/GPU): L = 1,024, DiT 768/12/12 cond 128, d = 48, s_max = 100,
   LogNormal(1.69, 0.9) clamped at 40, roar_frac = 10, β_init = 1/√d (§4.7), the suggested fine-tuning
   optimiser (§4.3); ``init_from.workdir`` must hold an MDLM-OWT run (trained or imported).
+
+Anchors: frozen random unit rows of ``method.anchor_seed`` (default), or ``--config.method.anchors=pca``
+(with ``init_from`` mapping ``"mdlm_to_dsl"``): the PCA of the source MDLM's token embedding, stored
+in the run's params, so sampling and eval need only the DSL workdir.
 """
 
 import ml_collections
