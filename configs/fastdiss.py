@@ -19,6 +19,9 @@ Presets:
   prepared TSV/JSONL pair files (``data.pairs_files``); WMT14 the TFDS ``wmt14_translate/de-en``.
 
 The ablations are method keys: ``--config.method.scp=False --config.method.mans=False`` is the base.
+Samplers (``method.sampler``, ``translate --sampler``, ``evals.bleu.sampler``): ``ddim`` (default),
+``cedi`` (DINOISER) and ``diffuseq`` (DiffuSeq-style ancestral, fresh noise each step; the 2,000-step
+reference of ``benchmarks/fastdiss_translate.py``).
 """
 
 import ml_collections
