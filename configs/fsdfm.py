@@ -31,12 +31,13 @@ import ml_collections
 
 from dlm_jax import config_blocks
 
-PRESETS = ("teacher_tiny", "tiny", "teacher_demo", "demo", "teacher_paper", "paper")
+PRESETS = ("teacher_tiny", "tiny", "teacher_demo", "demo", "teacher_stdlib", "stdlib", "teacher_paper", "paper")
 
 
 def _sizes(scale):
     return {"tiny": dict(width=32, depth=1, heads=2, cond_dim=16),
             "demo": dict(width=64, depth=2, heads=2, cond_dim=32),
+            "stdlib": dict(width=96, depth=3, heads=4, cond_dim=48),  # configs/demo.py's DiT
             "paper": dict(width=768, depth=12, heads=12, cond_dim=128)}[scale]
 
 
@@ -54,6 +55,8 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
 
     if scale == "paper":  # FineWeb-Edu in the paper: point tfds_name / tfds_data_dir at a prepared copy
         c.data = config_blocks.data(seq_len=1024, source="tfds", tfds_name="fineweb_edu", tokenizer_vocab_size=50257)
+    elif scale == "stdlib":  # the demo's corpus and tokenizer settings (stdlib sources, 512 pieces, 128 tokens)
+        c.data = config_blocks.sibling(__file__, "demo.py", "demo").data
     else:
         c.data = config_blocks.data(seq_len=16 if scale == "tiny" else 32, source="markov", markov_vocab=8,
                                     markov_seed=0, markov_concentration=0.5)
@@ -63,22 +66,27 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
                                 identity_h_init=not teacher and scale != "paper")
     common = dict(source=source, schedule="polynomial", exponent=1.0, elbo_points=8 if scale == "tiny" else 32)
     if teacher:
-        c.method = config_blocks.method("dfm", **common, loss="gkl", time_epsilon=1e-5, sampler="dfm_euler")
+        c.method = config_blocks.method("dfm", **common, loss="ce" if scale == "stdlib" else "gkl", time_epsilon=1e-5,
+                                        sampler="dfm_euler")
     else:
         c.method = config_blocks.method(
-            "fsdfm", **common, n_ref=1024 if scale == "paper" else 64 if scale == "demo" else 8, policy="inverse_h",
+            "fsdfm", **common, n_ref={"paper": 1024, "tiny": 8}.get(scale, 64), policy="inverse_h",
             anneal_every=20_000, teacher="rk4", rk4_labels="faithful", tau=1.0, just_student=True,
             teacher_workdir=teacher_workdir,  # read only when just_student=False
             teacher_weights="params", sampler="fsdfm")
 
     # The paper's EMA (0.9995) averages over ~2k steps: as long as the whole demo run, so the small
     # presets use a shorter EMA for the shortcut teacher.
-    ema = 0.9995 if scale == "paper" else 0.99 if scale == "demo" else 0.9
+    ema = 0.9995 if scale == "paper" else 0.9 if scale == "tiny" else 0.99
     if scale == "paper":
         c.train = config_blocks.train(steps=1_000_000 if teacher else 500_000, batch_size=128 if teacher else 96,
                                       lr=3e-4 if teacher else 1e-5, warmup_steps=10_000, weight_decay=0.03, b2=0.95,
                                       compute_dtype="bfloat16", log_every=100, ema_decay=ema)
         c.evals = config_blocks.evals(batches=16, every=10_000)
+    elif scale == "stdlib":  # sized for ~20 min of one loaded CPU core, teacher and student together
+        c.train = config_blocks.train(steps=500 if teacher else 150, batch_size=32, lr=3e-3 if teacher else 1e-3,
+                                      warmup_steps=30 if teacher else 10, log_every=50, ema_decay=ema)
+        c.evals = config_blocks.evals(batches=4, every=250)
     else:
         c.train = config_blocks.train(
             steps={"tiny": 20, "demo": 3000}[scale] if teacher else {"tiny": 10, "demo": 2000}[scale],
@@ -87,7 +95,7 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
         c.evals = config_blocks.evals(batches=1 if scale == "tiny" else 4, every=10 if scale == "tiny" else 1000)
 
     c.mesh = config_blocks.mesh()
-    c.checkpoint = config_blocks.checkpoint(every=10 if scale == "tiny" else 1000 if scale == "demo" else 10_000)
+    c.checkpoint = config_blocks.checkpoint(every={"tiny": 10, "demo": 1000, "stdlib": 250}.get(scale, 10_000))
     c.init_from = config_blocks.init_from(workdir="" if teacher else teacher_workdir,
                                           mapping="copy" if teacher else "dit_t_to_th")
 
