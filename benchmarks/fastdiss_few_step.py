@@ -15,7 +15,8 @@ variant (same seeds, same number of model calls per step: SC pass + main pass + 
 pass), so compute is equal. Evaluation: exact match (whole sequence right, predicted length) of
 ``--eval-n`` held-out pairs at K in ``--ks`` (deterministic DDIM with self-conditioning), NFE and
 wall-clock per batch after compilation, and the ratio to the largest K (2,000 = DiffuSeq's step
-count: the same DDIM run with 2,000 steps, not DiffuSeq's ancestral sampler). The self-conditioning
+count: the same DDIM run with 2,000 steps; ``--sampler diffuseq`` runs every row with the DiffuSeq-style
+ancestral sampler instead). The self-conditioning
 gap ‖D(z, ẑ_prev) − D(z, D(z, 0))‖ (per token, mean over the batch) is traced along K = 5 and 20.
 Writes ``benchmarks/results/fastdiss_few_step_<task>_<time sampler>.json`` and ``.png``.
 """
@@ -49,6 +50,8 @@ def parse():
     p.add_argument("--train-steps", type=int, default=2000)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--ks", default="1,2,5,10,20,200,2000")
+    p.add_argument("--sampler", default="ddim", choices=("ddim", "cedi", "diffuseq"),
+                   help="the rows' sampler (diffuseq: DiffuSeq-style ancestral); the SC gap is always DDIM's")
     p.add_argument("--eval-n", type=int, default=256)
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--threads", type=int, default=0, help="pin to this many CPUs (0: no pinning)")
@@ -133,7 +136,7 @@ def evaluate(a, method, params, ks):
     test, other = reversal_batch(jax.random.key(12345), a.eval_n, a.symbols, a.length, a.task)
     rows = []
     for k in ks:
-        fn = jax.jit(lambda p, key, k=k: method.sample(p, key, steps=k, source=test["source"],
+        fn = jax.jit(lambda p, key, k=k: method.sample(p, key, steps=k, sampler=a.sampler, source=test["source"],
                                                        source_mask=test["source_mask"]))
         jax.block_until_ready(fn(params, jax.random.key(0)))
         t0 = time.perf_counter()
@@ -146,7 +149,7 @@ def evaluate(a, method, params, ks):
         print(f"    K={k:5d}: exact match {right.mean():.3f}, token acc {tok_acc:.3f}, {secs * 1e3:.0f} ms", flush=True)
     gaps = {}
     for k in (5, 20):
-        fn = jax.jit(lambda p, key, k=k: method.sample(p, key, steps=k, source=test["source"],
+        fn = jax.jit(lambda p, key, k=k: method.sample(p, key, steps=k, sampler="ddim", source=test["source"],
                                                        source_mask=test["source_mask"], record_gap=True)[1]["sc_gap"])
         gaps[k] = [float(g) for g in np.asarray(fn(params, jax.random.key(0)))]
     return rows, gaps
@@ -159,7 +162,8 @@ def main():
     import jax
 
     ks = [int(k) for k in a.ks.split(",")]
-    a.out = a.out or os.path.join(ROOT, "benchmarks", "results", f"fastdiss_few_step_{a.task}_{a.time_sampler}")
+    a.out = a.out or os.path.join(ROOT, "benchmarks", "results", f"fastdiss_few_step_{a.task}_{a.time_sampler}"
+                                                       + ("" if a.sampler == "ddim" else f"_{a.sampler}"))
     results = {"args": vars(a), "jax": jax.__version__, "variants": {}}
     for name in a.variants.split(","):
         print(f"{name}: training {a.train_steps} steps", flush=True)
