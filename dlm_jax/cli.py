@@ -54,6 +54,11 @@ flags.DEFINE_integer("heads", None, "import: attention heads when the checkpoint
 flags.DEFINE_integer("max_len", None, "import: the model's longest sequence.")
 flags.DEFINE_integer("seq_len", None, "import: the run's sequence length (default min(max_len, 1024)).")
 flags.DEFINE_string("data", None, "import: config.data overrides as a JSON object (e.g. files, tokenizer_path).")
+flags.DEFINE_string("distributed", "off", "import: off | auto (a TPU pod / SLURM job: every host runs the same "
+                    "command and reads only its shards) | explicit (with --coordinator etc.).")
+flags.DEFINE_string("coordinator", None, "import --distributed explicit: HOST:PORT of process 0.")
+flags.DEFINE_integer("num_processes", None, "import --distributed explicit: processes in the job.")
+flags.DEFINE_integer("process_id", None, "import --distributed explicit: this process's index.")
 flags.DEFINE_string("exported", None, "check-parity: an exported checkpoint to compare instead of exporting anew.")
 flags.DEFINE_integer("num_sequences", 4, "check-parity: random sequences to compare.")
 flags.DEFINE_integer("length", None, "check-parity: their length (default data.seq_len).")
@@ -205,7 +210,9 @@ def _interop(command: str) -> int:
     if command == "import":
         commands.import_command(FLAGS["from"].value, FLAGS.format, FLAGS.workdir, model=FLAGS.model,
                                 source=FLAGS.source, heads=FLAGS.heads, max_len=FLAGS.max_len, seq_len=FLAGS.seq_len,
-                                data=FLAGS.data, seed=FLAGS.seed if FLAGS["seed"].present else None)
+                                data=FLAGS.data, seed=FLAGS.seed if FLAGS["seed"].present else None,
+                                distributed=FLAGS.distributed, coordinator=FLAGS.coordinator,
+                                num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
         return 0
     result = commands.parity_command(FLAGS.workdir, FLAGS.format, FLAGS.exported, bool(FLAGS.ema),
                                      num_sequences=FLAGS.num_sequences, length=FLAGS.length, seed=FLAGS.seed)

@@ -27,7 +27,8 @@ USAGE = {
     "export": "python -m dlm_jax export --workdir DIR --format {dlm_jax,mdlm,fsdfm,llada} --out PATH [--ema] "
               "[--step N] [--max-shard-size 5GB]",
     "import": "python -m dlm_jax import --from PATH --format F --workdir DIR [--model teacher|student|student_ema] "
-              "[--source mask|uniform] [--heads N] [--max-len N] [--seq-len N] [--data JSON] [--seed S]",
+              "[--source mask|uniform] [--heads N] [--max-len N] [--seq-len N] [--data JSON] [--seed S] "
+              "[--distributed auto|explicit [--coordinator HOST:PORT --num-processes N --process-id I]]",
     "translate": "python -m dlm_jax translate --workdir DIR [--steps K] [--input FILE] [--out FILE] [--sampler NAME] "
                  "[--batch-size N] [--ema] [--seed S]   (seq2seq runs)",
     "check-parity": "python -m dlm_jax check-parity --workdir DIR [--format F] [--exported PATH] [--ema] "
@@ -40,7 +41,8 @@ FLAG_HELP = {
     "eval": ("workdir", "evals", "batches", "seed", "ema", "metrics", "judge", "steps", "sampler", "num_samples",
              "batch_size", "out"),
     "export": ("workdir", "format", "out", "ema", "step", "max_shard_size", "dtype"),
-    "import": ("from", "format", "workdir", "model", "source", "heads", "max_len", "seq_len", "data", "seed"),
+    "import": ("from", "format", "workdir", "model", "source", "heads", "max_len", "seq_len", "data", "seed",
+               "distributed", "coordinator", "num_processes", "process_id"),
     "check-parity": ("workdir", "format", "exported", "ema", "num_sequences", "length", "seed"),
 }
 ALL_FLAGS = tuple(sorted({f for names in FLAG_HELP.values() for f in names}))

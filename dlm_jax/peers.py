@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import sys
 import threading
 import time
 
@@ -78,13 +79,17 @@ class PeerWatchdog(threading.Thread):
                 _die(f"process {self.pid} stops: process {', '.join(map(str, silent))} of this job died or stopped "
                      f"answering for {self.stale_after:.0f} s")
 
-    def finish(self) -> None:
-        """Stop watching and tell the peers this process ended normally."""
-        self._stop_event.set()
+    def announce_done(self) -> None:
+        """Tell the peers this process ended normally (they stop watching it)."""
         try:
             self.client.key_value_set(f"{_PREFIX}done/{self.pid}", "1", allow_overwrite=True)
         except Exception:  # noqa: BLE001 - the job is ending; nothing left to tell
             pass
+
+    def finish(self) -> None:
+        """Stop watching and tell the peers this process ended normally."""
+        self._stop_event.set()
+        self.announce_done()
 
 
 _WATCHDOG: PeerWatchdog | None = None
@@ -113,7 +118,10 @@ def start_peer_watchdog(heartbeat_timeout_seconds: float) -> PeerWatchdog | None
 
 def stop_peer_watchdog() -> None:
     """At exit: keep watching until every peer is done too, for at most ``stale_after`` + two
-    periods, then mark this process done and stop; safe to call more than once.
+    periods, then mark this process done and stop; safe to call more than once. A process ending
+    without an uncaught exception says it is done *first*, so peers finishing at the same time
+    release each other at once (each waiting for the other's mark cost the whole bound: 60 s
+    with the default heartbeat).
 
     The wait matters when this process exits *because* a peer died (a collective with it raised in
     the main thread): jax's shutdown barrier would then abort with XLA's fatal log, while the
@@ -124,6 +132,8 @@ def stop_peer_watchdog() -> None:
     watchdog, _WATCHDOG = _WATCHDOG, None
     if watchdog is None:
         return
+    if getattr(sys, "last_value", None) is None and getattr(sys, "last_exc", None) is None:
+        watchdog.announce_done()
     deadline = time.monotonic() + watchdog.stale_after + 2 * watchdog.period
     while watchdog.pending and watchdog.is_alive() and time.monotonic() < deadline:
         time.sleep(min(0.2, watchdog.period))

@@ -7,8 +7,9 @@ short report and returns a summary dict:
         -> export_command(workdir, fmt, out, ema, step=..., max_shard_size=...)
     python -m dlm_jax import --from PATH --format F --workdir DIR [--model teacher|student|student_ema]
         [--source mask|uniform] [--heads N] [--max-len N] [--seq-len N] [--data JSON] [--seed S]
+        [--distributed auto | --distributed explicit --coordinator HOST:PORT --num-processes N --process-id I]
         -> import_command(src, fmt, workdir, model=..., source=..., heads=..., max_len=..., seq_len=...,
-                          data=..., seed=...)
+                          data=..., seed=..., distributed=..., coordinator=..., num_processes=..., process_id=...)
     python -m dlm_jax check-parity --workdir DIR [--format F] [--exported PATH] [--ema]
         [--num-sequences N] [--length L] [--seed S]
         -> parity_command(workdir, fmt, exported, ema, num_sequences=..., length=..., seed=...)
@@ -74,6 +75,37 @@ def export_command(workdir: str, fmt: str, out: str, ema: bool = False, *, step:
     return summary
 
 
+def _start_distributed(mode: str, coordinator, num_processes, process_id) -> None:
+    """Join the job's other processes (every host of a pod runs the same import: each reads and
+    writes only its devices' shards); before any JAX computation."""
+    checks.check_choice("--distributed", mode, ("off", "auto", "explicit"))
+    if mode != "explicit":
+        for key, value in (("--coordinator", coordinator), ("--num-processes", num_processes),
+                           ("--process-id", process_id)):
+            if value is not None:
+                checks.fail(key, value, "only with --distributed explicit")
+    else:
+        checks.check_str("--coordinator", coordinator)
+        if ":" not in coordinator:
+            checks.fail("--coordinator", coordinator, "HOST:PORT of process 0")
+        n = checks.check_int("--num-processes", num_processes, min=1)
+        checks.check_int("--process-id", process_id, min=0, max=n - 1)
+    if mode == "off":
+        return
+    import ml_collections
+
+    from dlm_jax import mesh as mesh_lib
+
+    mesh_lib.maybe_initialize_distributed(ml_collections.ConfigDict({"mesh": dict(
+        distributed=mode, coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)}))
+
+
+def jax_process(summary: dict) -> str:
+    import jax
+
+    return f"{jax.process_index()}/{summary['processes']}"
+
+
 def import_command(src: str, fmt: str, workdir: str, **options) -> dict:
     """Import ``src`` (format ``fmt``) as a run in ``workdir``; ``options`` as in ``importer``; ``None``
     values are dropped (unset flags)."""
@@ -86,12 +118,16 @@ def import_command(src: str, fmt: str, workdir: str, **options) -> dict:
     for key in ("heads", "max_len", "seq_len"):
         _opt_int(f"--{key.replace('_', '-')}", options.get(key))
     _opt_int("--seed", options.get("seed"), 0)
+    _start_distributed(options.pop("distributed", "off"), options.pop("coordinator", None),
+                       options.pop("num_processes", None), options.pop("process_id", None))
     from dlm_jax.export.importer import import_checkpoint
 
     summary = import_checkpoint(src, fmt, workdir, **options)
     print(f"imported {src} ({fmt}) into {summary['workdir']}: model {summary['model']}, method {summary['method']}, "
           f"V = {summary['vocab_size']}, {summary['num_params']:,} params, step {summary['step']}; sample with "
           f"`python -m dlm_jax sample --workdir {summary['workdir']}`")
+    print(f"process {jax_process(summary)}: read {summary['read_bytes']:,} bytes of safetensors slices for its "
+          f"{summary['devices'] // summary['processes']} of {summary['devices']} devices")
     return summary
 
 

@@ -46,16 +46,17 @@ def fsdfm_method(role: str, source: str) -> dict:
     return {"name": "fsdfm", "sampler": "fsdfm", **base}
 
 
-def read_mdlm(path: str) -> files.Checkpoint:
-    """An MDLM HF directory → Checkpoint (DiT, method ``mdlm``)."""
+def read_mdlm(path: str, *, lazy: bool = False) -> files.Checkpoint:
+    """An MDLM HF directory → Checkpoint (DiT, method ``mdlm``); ``lazy``: params are
+    ``slicing.OwnTensor``s read on demand (safetensors files are read in slices)."""
     if not os.path.isdir(path) or not os.path.isfile(os.path.join(path, "config.json")):
         checks.fail("--from", path, "an MDLM Hugging Face directory with config.json (format 'mdlm')")
     config = files.read_json(os.path.join(path, "config.json"), "config.json")
     fields, tc = dl.dit_fields_from_mdlm(config)
-    state = files.read_weights_dir(path)
+    state = files.lazy_weights_dir(path)
     head_dim = fields["width"] // fields["heads"]
     flat = dl.from_layout(state, dl.mdlm_table(fields), dl.own_shapes(fields), what="MDLM",
-                          buffers={dl.MDLM_INV_FREQ: dl.inv_freq(head_dim)})
+                          buffers={dl.MDLM_INV_FREQ: dl.inv_freq(head_dim)}, lazy=lazy)
     return files.Checkpoint(model_name="dit", model_fields=fields, vocab_size=fields["vocab_size"] - 1,
                             method=mdlm_method(tc), params=flat,
                             origin={"format": "mdlm", "path": os.path.abspath(path)})

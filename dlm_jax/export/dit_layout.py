@@ -20,6 +20,7 @@ import math
 import numpy as np
 
 from dlm_jax import checks
+from dlm_jax.export.slicing import OwnTensor
 
 FREQ_DIM = 256  # sinusoidal features of the timestep embedder
 ROPE_BASE = 10000.0
@@ -171,17 +172,19 @@ def _expected_theirs(n_in, shape: tuple) -> tuple:
     return (math.prod(shape[n_in:]), math.prod(shape[:n_in]))
 
 
-def from_layout(state: dict[str, np.ndarray], table: list, shapes: dict[str, tuple], *, what: str,
-                buffers: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+def from_layout(state: dict, table: list, shapes: dict[str, tuple], *, what: str,
+                buffers: dict[str, np.ndarray] | None = None, lazy: bool = False) -> dict:
     """Their keys -> own names, float32 (import direction). Missing / extra keys, shapes and dtypes
-    are one-line errors naming the key; ``buffers`` ({key: expected value}) are checked and dropped."""
+    are one-line errors naming the key; ``buffers`` ({key: expected value}) are checked and dropped.
+    Only headers are needed for the checks: with ``lazy`` the values are ``slicing.OwnTensor``s that
+    read a device's box on demand (``state`` may hold ``files.LazyTensor``s), else numpy arrays."""
     buffers = dict(buffers or {})
     keys = {key for _, key, _ in table}
     for key in sorted(state):
         if key not in keys and key not in buffers:
-            checks.fail(f"{what} key {key}", tuple(np.shape(state[key])), f"only keys of the {what} layout (an extra key)")
+            checks.fail(f"{what} key {key}", tuple(state[key].shape), f"only keys of the {what} layout (an extra key)")
     for key, want in buffers.items():
-        if key in state and (np.shape(state[key]) != want.shape
+        if key in state and (tuple(state[key].shape) != want.shape
                              or not np.allclose(np.asarray(state[key], np.float64), want, rtol=1e-6, atol=0)):
             checks.fail(f"{what} key {key}", np.asarray(state[key]).ravel()[:3].tolist(),
                         f"the rotary frequencies of base {ROPE_BASE:g} ({want[:3].tolist()}...)")
@@ -189,15 +192,22 @@ def from_layout(state: dict[str, np.ndarray], table: list, shapes: dict[str, tup
     for own, key, n_in in table:
         if key not in state:
             checks.fail(f"{what} key {key}", "missing", f"present (it holds {own})")
-        a = np.asarray(state[key])
-        if a.dtype.kind != "f" and a.dtype.name != "bfloat16":  # ml_dtypes' bfloat16 has kind 'V'
-            checks.fail(f"{what} key {key}", str(a.dtype), "a floating dtype (float32, bfloat16 or float16)")
+        a = state[key]
+        dtype = np.dtype(a.dtype)
+        if dtype.kind != "f" and dtype.name != "bfloat16":  # ml_dtypes' bfloat16 has kind 'V'
+            checks.fail(f"{what} key {key}", str(dtype), "a floating dtype (float32, bfloat16 or float16)")
         want = _expected_theirs(n_in, shapes[own])
         if tuple(a.shape) != want:
             checks.fail(f"{what} key {key}", tuple(a.shape), f"shape {want} (from the config: {own} {shapes[own]})")
-        part = _import_one(a.astype(np.float32), n_in, shapes[own])
-        out.setdefault(own, []).append(part)
-    return {own: (np.stack(parts, axis=1) if len(parts) > 1 else parts[0]) for own, parts in out.items()}
+        out.setdefault(own, []).append((a, n_in))
+    if lazy:
+        return {own: OwnTensor(parts, shapes[own]) for own, parts in out.items()}
+    return {own: _assemble(parts, shapes[own]) for own, parts in out.items()}
+
+
+def _assemble(parts: list, shape: tuple) -> np.ndarray:
+    done = [_import_one(np.asarray(a).astype(np.float32), n_in, shape) for a, n_in in parts]
+    return np.stack(done, axis=1) if len(done) > 1 else done[0]
 
 
 # ----------------------------------------------------------------------------------------------

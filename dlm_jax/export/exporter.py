@@ -26,8 +26,6 @@ import json
 import os
 import shutil
 
-import numpy as np
-
 from dlm_jax import checks
 from dlm_jax.export import FORMATS, dit_formats, files, own_format
 from dlm_jax.export.importer import check_new_dir

@@ -29,7 +29,8 @@ TORCH_INDEX_NAME = "pytorch_model.bin.index.json"
 DEFAULT_MAX_SHARD_BYTES = 5_000_000_000
 
 __all__ = ["Checkpoint", "WEIGHTS_NAME", "INDEX_NAME", "DEFAULT_MAX_SHARD_BYTES", "plan_shards",
-           "write_safetensors", "read_safetensors_file", "read_weights_dir", "member_path", "read_json"]
+           "write_safetensors", "read_safetensors_file", "read_weights_dir", "member_path", "read_json",
+           "LazyTensor", "lazy_safetensors_file", "lazy_weights_dir", "READ_STATS"]
 
 
 @dataclasses.dataclass
@@ -131,8 +132,48 @@ def read_json(path: str, key: str) -> dict:
     return value
 
 
-def read_safetensors_file(path: str, names=None) -> dict[str, np.ndarray]:
-    """Tensors of one safetensors file (all, or ``names``), as numpy arrays."""
+# Tensors read on demand: a process reads only the slices its devices hold (``params.place_sharded``).
+READ_STATS = {"bytes": 0, "reads": 0}  # bytes copied out of safetensors files by this process
+_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64", "I32": "int32",
+           "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+
+
+def _np_dtype(name: str) -> np.dtype:
+    if name == "BF16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(_DTYPES.get(name, "V1"))
+
+
+class LazyTensor:
+    """One tensor of a safetensors file, known by its header; ``t[index]`` copies out only that
+    slice (``safe_open(...).get_slice``), ``np.asarray(t)`` the whole tensor. Reads are counted in
+    ``READ_STATS``."""
+
+    def __init__(self, path: str, name: str, shape: tuple, dtype: np.dtype):
+        self.path, self.name, self.shape, self.dtype = path, name, tuple(int(n) for n in shape), dtype
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+    def __getitem__(self, index) -> np.ndarray:
+        from safetensors import safe_open
+
+        with safe_open(self.path, framework="numpy") as f:
+            out = f.get_tensor(self.name) if not self.shape else f.get_slice(self.name)[index]
+        READ_STATS["bytes"] += int(out.nbytes)
+        READ_STATS["reads"] += 1
+        return out
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[tuple(slice(None) for _ in self.shape)]
+        return out if dtype is None else out.astype(dtype)
+
+
+def lazy_safetensors_file(path: str, names=None) -> dict[str, LazyTensor]:
+    """Headers of one safetensors file (all tensors, or ``names``) as ``LazyTensor``s; nothing read."""
     from safetensors import safe_open
 
     try:
@@ -142,11 +183,20 @@ def read_safetensors_file(path: str, names=None) -> dict[str, np.ndarray]:
             missing = [k for k in wanted if k not in keys]
             if missing:
                 checks.fail(f"tensor {missing[0]}", path, "the file the index names for it to hold it")
-            return {k: f.get_tensor(k) for k in wanted}
+            out = {}
+            for k in wanted:
+                sl = f.get_slice(k)
+                out[k] = LazyTensor(path, k, tuple(sl.get_shape()), _np_dtype(sl.get_dtype()))
+            return out
     except ValueError:
         raise
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error types on a bad header
         checks.fail("safetensors file", path, f"a valid safetensors file ({type(e).__name__}: {str(e)[:120]})")
+
+
+def read_safetensors_file(path: str, names=None) -> dict[str, np.ndarray]:
+    """Tensors of one safetensors file (all, or ``names``), as numpy arrays."""
+    return {k: np.asarray(t) for k, t in lazy_safetensors_file(path, names).items()}
 
 
 def _read_index(directory: str, index_name: str) -> dict[str, str]:
@@ -159,9 +209,10 @@ def _read_index(directory: str, index_name: str) -> dict[str, str]:
     return weight_map
 
 
-def read_weights_dir(directory: str) -> dict[str, np.ndarray]:
-    """Every tensor of a checkpoint directory: ``model.safetensors`` (or its index and shards),
-    else ``pytorch_model.bin`` (or its index and shards, read weights-only)."""
+def lazy_weights_dir(directory: str) -> dict:
+    """Every tensor of a checkpoint directory, safetensors ones as ``LazyTensor``s (nothing read
+    yet): ``model.safetensors`` (or its index and shards), else ``pytorch_model.bin`` (or its index
+    and shards, read whole and weights-only: a pickle cannot be read in slices)."""
     if not os.path.isdir(directory):
         checks.fail("--from", directory, "an existing checkpoint directory")
     if os.path.isfile(os.path.join(directory, INDEX_NAME)):
@@ -169,10 +220,10 @@ def read_weights_dir(directory: str) -> dict[str, np.ndarray]:
         out = {}
         for fname in sorted(set(weight_map.values())):
             names = [k for k, v in weight_map.items() if v == fname]
-            out.update(read_safetensors_file(member_path(directory, fname, INDEX_NAME), names))
+            out.update(lazy_safetensors_file(member_path(directory, fname, INDEX_NAME), names))
         return out
     if os.path.isfile(os.path.join(directory, WEIGHTS_NAME)):
-        return read_safetensors_file(os.path.join(directory, WEIGHTS_NAME))
+        return lazy_safetensors_file(os.path.join(directory, WEIGHTS_NAME))
     from dlm_jax.export import torch_files
 
     if os.path.isfile(os.path.join(directory, TORCH_INDEX_NAME)):
@@ -185,3 +236,8 @@ def read_weights_dir(directory: str) -> dict[str, np.ndarray]:
         return torch_files.load_state_dict(os.path.join(directory, TORCH_WEIGHTS_NAME))
     checks.fail("--from", directory, f"a directory with {WEIGHTS_NAME}, {INDEX_NAME}, {TORCH_WEIGHTS_NAME} or "
                 f"{TORCH_INDEX_NAME}")
+
+
+def read_weights_dir(directory: str) -> dict[str, np.ndarray]:
+    """Every tensor of a checkpoint directory (``lazy_weights_dir``), read whole into numpy arrays."""
+    return {k: np.asarray(v) for k, v in lazy_weights_dir(directory).items()}

@@ -13,6 +13,14 @@
    EMA) and ``meta`` (the config) — into a temporary sibling directory renamed into place, so a
    failure leaves nothing at ``workdir``.
 
+Loading at scale: the params go straight onto a mesh of every device of the job, sharded along
+``fsdp`` by their logical names (``params.place_sharded``). safetensors files are read lazily, so
+each process reads from disk only the boxes its devices hold, one box at a time (host memory ≈ its
+devices' shards + one box, not the checkpoint); Orbax then writes each process's shards. Run the
+same command on every host of a pod (``distributed``: ``"auto"``, or ``{"coordinator_address",
+"num_processes", "process_id"}``) and the import is parallel. Pickles (``.bin`` / ``.pth``) cannot
+be read in slices: each process reads them whole (docs/INTEROP.md has the figures).
+
 ``runs.load_run`` / ``load_params``, ``python -m dlm_jax sample|eval --workdir`` and
 ``config.init_from = {workdir: ...}`` read the result; resuming training *in* it is refused by the
 trainer (no optimizer state): fine-tune through ``init_from`` instead.
@@ -34,7 +42,8 @@ from dlm_jax import checks
 from dlm_jax.data.hf_tokenizer import HFTokenizer, copy_hf_tokenizer, is_hf_tokenizer_path
 from dlm_jax.export import FORMATS
 from dlm_jax.export.formats import read_checkpoint
-from dlm_jax.export.params import unflatten
+from dlm_jax.export import files
+from dlm_jax.export.params import place_sharded
 from dlm_jax.export.run_config import build_config
 
 COMMON_OPTIONS = ("seq_len", "data", "seed")
@@ -69,24 +78,39 @@ def _check_tokenizer(config, vocab_size: int) -> None:
         checks.fail("tokenizer vocab_size", tok.vocab_size, f"{vocab_size}, the checkpoint's clean vocabulary")
 
 
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 def _write(workdir: str, step: int, state: dict, config, extra=None) -> None:
     """Write the run into a temporary sibling, ``extra(tmp)`` adds files (and may refuse), then
-    rename it into place: a failure leaves nothing at ``workdir``."""
+    rename it into place: a failure leaves nothing at ``workdir``. Every process of a job saves
+    its shards; process 0 alone touches the directories."""
     from dlm_jax.runs.checkpoint import Checkpointer
 
-    tmp = f"{workdir}.importing-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    lead = jax.process_index() == 0
+    tmp = f"{workdir}.importing" + (f"-{os.getpid()}" if jax.process_count() == 1 else "")
+    if lead:
+        shutil.rmtree(tmp, ignore_errors=True)
+    _sync("dlm_jax_import_start")
     try:
         ck = Checkpointer(tmp, every=1, keep=1, async_save=False)
         ck.save(step, state, None, config)
         ck.close()
-        if extra is not None:
-            extra(tmp)
-        if os.path.isdir(workdir):
-            os.rmdir(workdir)  # empty (checked): replaced by the finished directory
-        os.rename(tmp, workdir)
+        _sync("dlm_jax_import_saved")
+        if lead:
+            if extra is not None:
+                extra(tmp)
+            if os.path.isdir(workdir):
+                os.rmdir(workdir)  # empty (checked): replaced by the finished directory
+            os.rename(tmp, workdir)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if lead:
+            shutil.rmtree(tmp, ignore_errors=True)
+    _sync("dlm_jax_import_done")
 
 
 HF_TOKENIZER_FORMATS = ("mdlm", "llada")  # Hugging Face folders that may carry a tokenizer.json
@@ -114,8 +138,18 @@ def _with_hf_tokenizer(data, ckpt, tok_dir: str, workdir: str):
     return block, copy
 
 
+def import_mesh():
+    """Every device of the job along ``fsdp`` (strategy ``"fsdp"``): each holds 1/N of each param."""
+    import ml_collections
+
+    from dlm_jax import mesh as mesh_lib
+
+    return mesh_lib.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1, strategy="fsdp")))
+
+
 def import_checkpoint(src: str, fmt: str, workdir: str, **options) -> dict:
-    """Write ``src`` (format ``fmt``) as a dlm_jax run in ``workdir``; returns a summary dict."""
+    """Write ``src`` (format ``fmt``) as a dlm_jax run in ``workdir``; returns a summary dict
+    (``read_bytes``: what this process read from safetensors files)."""
     checks.check_choice("--format", fmt, FORMATS)
     allowed = COMMON_OPTIONS + FORMAT_OPTIONS[fmt]
     for key in options:
@@ -123,7 +157,8 @@ def import_checkpoint(src: str, fmt: str, workdir: str, **options) -> dict:
             checks.fail(f"import option {key}", options[key], f"options of format {fmt!r}: one of {allowed}")
     workdir = check_new_dir(workdir, "--workdir")
     fmt_options = {k: v for k, v in options.items() if k in FORMAT_OPTIONS[fmt] and v is not None}
-    ckpt = read_checkpoint(src, fmt, **fmt_options)
+    files.READ_STATS.update(bytes=0, reads=0)
+    ckpt = read_checkpoint(src, fmt, lazy=True, **fmt_options)
     config = build_config(ckpt, workdir, seq_len=options.get("seq_len"), data=options.get("data"),
                           seed=options.get("seed", 0) or 0)
     extra = None
@@ -137,10 +172,14 @@ def import_checkpoint(src: str, fmt: str, workdir: str, **options) -> dict:
     build_method(config, model.apply, inputs={})  # validates the method and writes its defaults back
     if options.get("data"):
         _check_tokenizer(config, ckpt.vocab_size)
-    params = unflatten(ckpt.params, model, what=f"{fmt} checkpoint")
-    ema = params if ckpt.ema_params is None else unflatten(ckpt.ema_params, model, what=f"{fmt} checkpoint (EMA)")
-    state = {"step": jnp.asarray(ckpt.step, jnp.int32), "params": params, "ema_params": ema}
+    mesh = import_mesh()
+    params = place_sharded(ckpt.params, model, mesh, "fsdp", what=f"{fmt} checkpoint")
+    ema = params if ckpt.ema_params is None else place_sharded(ckpt.ema_params, model, mesh, "fsdp",
+                                                               what=f"{fmt} checkpoint (EMA)")
+    step = jax.device_put(jnp.asarray(ckpt.step, jnp.int32), jax.sharding.NamedSharding(mesh, jax.P()))
+    state = {"step": step, "params": params, "ema_params": ema}
     _write(workdir, ckpt.step, state, config, extra)
     return {"workdir": workdir, "step": ckpt.step, "format": fmt, "model": model.name,
             "method": config.method.name, "vocab_size": ckpt.vocab_size,
-            "num_params": int(sum(x.size for x in jax.tree.leaves(params)))}
+            "num_params": int(sum(x.size for x in jax.tree.leaves(params))), "read_bytes": files.READ_STATS["bytes"],
+            "processes": jax.process_count(), "devices": mesh.size}

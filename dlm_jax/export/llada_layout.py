@@ -113,12 +113,13 @@ def config_json(f: dict) -> dict:
             "use_cache": False, "torch_dtype": "float32"}
 
 
-def read_llada(path: str) -> files.Checkpoint:
-    """A LLaDA HF directory → Checkpoint (model ``llada``, method ``mdlm`` with the linear schedule)."""
+def read_llada(path: str, *, lazy: bool = False) -> files.Checkpoint:
+    """A LLaDA HF directory → Checkpoint (model ``llada``, method ``mdlm`` with the linear schedule);
+    ``lazy``: params read on demand, in slices (``slicing.OwnTensor``)."""
     if not os.path.isdir(path) or not os.path.isfile(os.path.join(path, "config.json")):
         checks.fail("--from", path, "a LLaDA Hugging Face directory with config.json (format 'llada')")
     f = fields_from_config(files.read_json(os.path.join(path, "config.json"), "config.json"))
-    flat = from_layout(files.read_weights_dir(path), llada_table(f), llada_shapes(f), what="LLaDA")
+    flat = from_layout(files.lazy_weights_dir(path), llada_table(f), llada_shapes(f), what="LLaDA", lazy=lazy)
     return files.Checkpoint(model_name="llada", model_fields=f, vocab_size=f["vocab_size"] - 1,
                             method=llada_method(), params=flat,
                             origin={"format": "llada", "path": os.path.abspath(path)})

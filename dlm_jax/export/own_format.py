@@ -40,8 +40,9 @@ def write_own(ckpt: files.Checkpoint, out_dir: str, *, weights: str = "params",
     return written + ["config.json"]
 
 
-def read_own(path: str) -> files.Checkpoint:
-    """A directory written by ``write_own`` → Checkpoint (names and shapes checked on import)."""
+def read_own(path: str, *, lazy: bool = False) -> files.Checkpoint:
+    """A directory written by ``write_own`` → Checkpoint (names and shapes checked on import);
+    ``lazy``: params are ``files.LazyTensor``s, read in slices on demand."""
     if not os.path.isdir(path) or not os.path.isfile(os.path.join(path, "config.json")):
         checks.fail("--from", path, "a dlm_jax export directory with config.json (format 'dlm_jax')")
     config = files.read_json(os.path.join(path, "config.json"), "config.json")
@@ -54,7 +55,7 @@ def read_own(path: str) -> files.Checkpoint:
         checks.fail("config.json run_config", type(run).__name__, "the run's config with model and method sections")
     return files.Checkpoint(model_name=str(config.get("model_name")), model_fields=dict(config.get("model") or {}),
                             vocab_size=int(config.get("vocab_size") or 0), method=dict(run["method"]),
-                            params=files.read_weights_dir(path), run_config=run,
+                            params=files.lazy_weights_dir(path) if lazy else files.read_weights_dir(path), run_config=run,
                             step=checks.check_int("config.json step", config.get("step", 0), min=0),
                             origin={"format": FORMAT, "path": os.path.abspath(path),
                                     "weights": config.get("weights", "params")})
