@@ -62,6 +62,8 @@ flags.DEFINE_integer("process_id", None, "import --distributed explicit: this pr
 flags.DEFINE_string("exported", None, "check-parity: an exported checkpoint to compare instead of exporting anew.")
 flags.DEFINE_integer("num_sequences", 4, "check-parity: random sequences to compare.")
 flags.DEFINE_integer("length", None, "check-parity: their length (default data.seq_len).")
+flags.DEFINE_string("inputs", "random", "check-parity: random (ids over every input id) | text (the run's "
+                    "validation text, masked at a random rate per sequence).")
 flags.DEFINE_string("input", None, "translate: source sentences, one per line (default: stdin).")
 FLAGS = flags.FLAGS
 
@@ -215,7 +217,8 @@ def _interop(command: str) -> int:
                                 num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
         return 0
     result = commands.parity_command(FLAGS.workdir, FLAGS.format, FLAGS.exported, bool(FLAGS.ema),
-                                     num_sequences=FLAGS.num_sequences, length=FLAGS.length, seed=FLAGS.seed)
+                                     num_sequences=FLAGS.num_sequences, length=FLAGS.length, seed=FLAGS.seed,
+                                     inputs=FLAGS.inputs)
     return 0 if result.get("passes") else 1
 
 

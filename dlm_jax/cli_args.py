@@ -32,7 +32,7 @@ USAGE = {
     "translate": "python -m dlm_jax translate --workdir DIR [--steps K] [--input FILE] [--out FILE] [--sampler NAME] "
                  "[--batch-size N] [--ema] [--seed S]   (seq2seq runs)",
     "check-parity": "python -m dlm_jax check-parity --workdir DIR [--format F] [--exported PATH] [--ema] "
-                    "[--num-sequences N] [--length L] [--seed S]   (needs torch)",
+                    "[--num-sequences N] [--length L] [--seed S] [--inputs random|text]   (needs torch)",
 }
 FLAG_HELP = {
     "translate": ("workdir", "steps", "input", "out", "sampler", "batch_size", "seed", "ema"),
@@ -43,7 +43,7 @@ FLAG_HELP = {
     "export": ("workdir", "format", "out", "ema", "step", "max_shard_size", "dtype"),
     "import": ("from", "format", "workdir", "model", "source", "heads", "max_len", "seq_len", "data", "seed",
                "distributed", "coordinator", "num_processes", "process_id"),
-    "check-parity": ("workdir", "format", "exported", "ema", "num_sequences", "length", "seed"),
+    "check-parity": ("workdir", "format", "exported", "ema", "num_sequences", "length", "seed", "inputs"),
 }
 ALL_FLAGS = tuple(sorted({f for names in FLAG_HELP.values() for f in names}))
 

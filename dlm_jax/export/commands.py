@@ -11,8 +11,8 @@ short report and returns a summary dict:
         -> import_command(src, fmt, workdir, model=..., source=..., heads=..., max_len=..., seq_len=...,
                           data=..., seed=..., distributed=..., coordinator=..., num_processes=..., process_id=...)
     python -m dlm_jax check-parity --workdir DIR [--format F] [--exported PATH] [--ema]
-        [--num-sequences N] [--length L] [--seed S]
-        -> parity_command(workdir, fmt, exported, ema, num_sequences=..., length=..., seed=...)
+        [--num-sequences N] [--length L] [--seed S] [--inputs random|text]
+        -> parity_command(workdir, fmt, exported, ema, num_sequences=..., length=..., seed=..., inputs=...)
 
 ``check-parity`` needs torch; its summary has ``passes`` (exit non-zero when False).
 """
@@ -132,7 +132,7 @@ def import_command(src: str, fmt: str, workdir: str, **options) -> dict:
 
 
 def parity_command(workdir: str, fmt: str | None = None, exported: str | None = None, ema: bool = False, *,
-                   num_sequences: int = 4, length: int | None = None, seed: int = 0) -> dict:
+                   num_sequences: int = 4, length: int | None = None, seed: int = 0, inputs: str = "random") -> dict:
     """Logit parity of the PyTorch twin against ``workdir``'s JAX model (``parity.check_parity``)."""
     checks.check_str("--workdir", workdir)
     if fmt is not None:
@@ -145,6 +145,9 @@ def parity_command(workdir: str, fmt: str | None = None, exported: str | None = 
     checks.check_int("--num-sequences", num_sequences, min=1)
     _opt_int("--length", length)
     checks.check_int("--seed", seed, min=0)
+    from dlm_jax.export.parity import INPUTS
+
+    checks.check_choice("--inputs", inputs, INPUTS)
     try:
         import torch  # noqa: F401
     except ImportError:
@@ -152,10 +155,10 @@ def parity_command(workdir: str, fmt: str | None = None, exported: str | None = 
     from dlm_jax.export.parity import check_parity
 
     fig = check_parity(workdir, exported=exported, fmt=fmt, ema=ema, num_sequences=num_sequences, length=length,
-                       seed=seed)
+                       seed=seed, inputs=inputs)
     tol = fig["tolerance"]
     print(f"parity {fig['model']} via {fig['format']} ({fig['weights']}, {fig['positions']} positions of length "
-          f"{fig['length']}): max |Δlogit| {fig['max_abs']:.3g} (relative {fig['max_abs_rel']:.3g} <= "
+          f"{fig['length']}, {fig['inputs']} inputs): max |Δlogit| {fig['max_abs']:.3g} (relative {fig['max_abs_rel']:.3g} <= "
           f"{tol['max_abs_rel']:g}), mean KL {fig['mean_kl']:.3g} nats (<= {tol['mean_kl']:g}), top-1 "
           f"{fig['top1']:.4f} (>= {tol['top1']:g}), top-5 {fig['top5']:.4f}: {'PASS' if fig['passes'] else 'FAIL'}")
     return fig

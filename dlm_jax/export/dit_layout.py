@@ -36,7 +36,7 @@ def dit_dims(cfg) -> dict:
     """The fields that decide the DiT's param shapes, from a DiTConfig or a mapping of its fields."""
     get = (lambda k, d=None: cfg.get(k, d)) if hasattr(cfg, "get") else (lambda k, d=None: getattr(cfg, k, d))
     dims = {k: get(k) for k in ("vocab_size", "num_classes", "width", "depth", "heads", "cond_dim")}
-    dims.update(mlp_ratio=get("mlp_ratio", 4), conditioning=get("conditioning", "t"))
+    dims.update(mlp_ratio=get("mlp_ratio", 4), conditioning=get("conditioning", "t"), causal=bool(get("causal", False)))
     if get("input", "tokens") != "tokens" or get("self_cond_dim", 0):
         checks.fail("model.input", get("input", "tokens"), "'tokens' without self-conditioning (the PyTorch layouts' "
                     "DiT)")

@@ -3,9 +3,10 @@
 ``compare_logits(ref, got)`` → ``max_abs`` (max |Δlogit|), ``max_abs_rel`` (that over
 max(1, max |ref|)), ``mean_kl`` (mean over positions of KL(softmax ref ‖ softmax got), nats),
 ``top1`` (fraction of positions whose argmax agrees) and ``top5`` (mean overlap of the two top-5
-sets, /5). ``check_parity`` feeds both models the same random inputs — ids over every input id
-(the mask included), t ~ U[0, 1) (and h for (t, h) students) — and says whether the float32
-tolerances ``TOLERANCE`` hold. LLaDA is compared in the checkpoint's id order: the JAX model gets
+sets, /5). ``check_parity`` feeds both models the same inputs — ``inputs="random"``: ids over every
+input id (the mask included); ``"text"``: the run's validation text through its own tokenizer and data
+pipeline, each sequence masked at its own rate t (the inputs the model meets when sampling) — with
+t ~ U[0, 1) (and h for (t, h) students), and says whether the float32 tolerances ``TOLERANCE`` hold. LLaDA is compared in the checkpoint's id order: the JAX model gets
 the ids mapped to dlm_jax's (mask = V) and its logits are permuted back.
 
 Float32 tolerances (both sides compute in float32 on CPU; they differ by summation order only):
@@ -75,8 +76,30 @@ def _twin(exported: str, fmt: str, config, ema: bool, options: dict):
     return load_dit(exported, fmt, **options)[0]
 
 
+INPUTS = ("random", "text")
+
+
+def _text_ids(workdir: str, config, num_sequences: int, length: int, mask_id: int, t: np.ndarray, rng) -> np.ndarray:
+    """``[num_sequences, length]`` validation tokens of the run, position i masked when u_i < t (per row)."""
+    from dlm_jax.train import loop
+
+    if config.data.get("source") == "ids":
+        checks.fail("--inputs", "text", "a run with a text source and tokenizer (this imported run has only ids; "
+                    "import it with --data, or use --inputs random)")
+    rows = []
+    for batch in loop.grain_data(config, split="validation", process_index=0, process_count=1, workdir=workdir):
+        rows.extend(np.asarray(batch["tokens"])[:, :length])
+        if len(rows) >= num_sequences:
+            break
+    ids = np.stack(rows[:num_sequences]).astype(np.int64)
+    if ids.shape[1] < length:
+        checks.fail("--length", length, f"at most the run's data.seq_len = {ids.shape[1]} with --inputs text")
+    return np.where(rng.uniform(size=ids.shape) < t[:, None], mask_id, ids)
+
+
 def check_parity(workdir: str, *, exported: str | None = None, fmt: str | None = None, ema: bool = False,
-                 num_sequences: int = 4, length: int | None = None, seed: int = 0, **options) -> dict:
+                 num_sequences: int = 4, length: int | None = None, seed: int = 0, inputs: str = "random",
+                 **options) -> dict:
     """Parity figures of the twin (loaded from ``exported`` in ``fmt``; exported to a temporary
     place first when None) against ``workdir``'s JAX model, with ``passes`` against ``TOLERANCE``."""
     import jax
@@ -88,6 +111,7 @@ def check_parity(workdir: str, *, exported: str | None = None, fmt: str | None =
 
     checks.check_int("--num-sequences", num_sequences, min=1)
     checks.check_int("--seed", seed, min=0)
+    checks.check_choice("--inputs", inputs, INPUTS)
     config, _ = read_config(workdir)
     fmt = fmt or default_format(config)
     max_len = int(config.model.get("max_len", 1024))
@@ -102,7 +126,14 @@ def check_parity(workdir: str, *, exported: str | None = None, fmt: str | None =
     loaded = load_params(workdir, weights="ema" if ema else "params")
     cfg, rng = loaded.model.config, np.random.default_rng(seed)
     vocab = int(cfg.vocab_size)
-    ids = rng.integers(0, vocab, (num_sequences, length))
+    ids = rng.integers(0, vocab, (num_sequences, length))  # drawn first either way: same t, h for both kinds
+    t, h = rng.uniform(0, 1, num_sequences).astype(np.float32), rng.uniform(0, 1, num_sequences).astype(np.float32)
+    if inputs == "text":  # dlm_jax ids (mask = V); LLaDA's twin and check read the checkpoint's order
+        ids = _text_ids(workdir, config, num_sequences, length, vocab - 1, t, rng)
+        if loaded.model.name == "llada":
+            from dlm_jax.models import llada
+
+            ids = llada.dlm_to_checkpoint_ids(ids, vocab, cfg.mask_token_id)
     with torch.no_grad():
         if loaded.model.name == "llada":
             from dlm_jax.models import llada
@@ -112,11 +143,10 @@ def check_parity(workdir: str, *, exported: str | None = None, fmt: str | None =
             jax_logits = llada.logits_to_checkpoint_order(ours, cfg.mask_token_id)
             twin_logits = twin(torch.from_numpy(ids)).numpy()
         else:
-            t, h = rng.uniform(0, 1, num_sequences).astype(np.float32), rng.uniform(0, 1, num_sequences).astype(np.float32)
             cond = {"t": jnp.asarray(t)} | ({"h": jnp.asarray(h)} if cfg.conditioning == "th" else {})
             jax_logits = np.asarray(jax.jit(loaded.apply)(loaded.params, jnp.asarray(ids), cond))
             twin_logits = twin(torch.from_numpy(ids), torch.from_numpy(t), torch.from_numpy(h)).numpy()
     figures = compare_logits(jax_logits, twin_logits)  # the JAX model is the reference
-    figures.update(format=fmt, model=loaded.model.name, weights="ema" if ema else "params", length=length,
+    figures.update(format=fmt, model=loaded.model.name, weights="ema" if ema else "params", length=length, inputs=inputs,
                    passes=passes(figures), tolerance=dict(TOLERANCE))
     return figures

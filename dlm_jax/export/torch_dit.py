@@ -87,9 +87,9 @@ def _modulate(x, shift, scale):
 
 
 class Block(nn.Module):
-    def __init__(self, width: int, heads: int, cond_dim: int, mlp_ratio: int, th: bool):
+    def __init__(self, width: int, heads: int, cond_dim: int, mlp_ratio: int, th: bool, causal: bool = False):
         super().__init__()
-        self.heads = heads
+        self.heads, self.causal = heads, causal
         self.norm1 = LayerNorm(width)
         self.attn_qkv = nn.Linear(width, 3 * width, bias=False)
         self.attn_out = nn.Linear(width, width, bias=False)
@@ -106,7 +106,8 @@ class Block(nn.Module):
         b, length, w = x.shape
         h = _modulate(self.norm1(x), shift_msa, scale_msa)
         qkv = self.attn_qkv(h).view(b, length, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
-        att = F.scaled_dot_product_attention(_rotate(qkv[0], cos, sin), _rotate(qkv[1], cos, sin), qkv[2])
+        att = F.scaled_dot_product_attention(_rotate(qkv[0], cos, sin), _rotate(qkv[1], cos, sin), qkv[2],
+                                             is_causal=self.causal)
         x = x + gate_msa * self.attn_out(att.transpose(1, 2).reshape(b, length, w))
         return x + gate_mlp * self.mlp(_modulate(self.norm2(x), shift_mlp, scale_mlp))
 
@@ -136,7 +137,7 @@ class Backbone(nn.Module):
         self.dt_map = TimestepEmbedder(c) if th else None
         self.time_fuser = nn.Linear(2 * c, 2 * c) if th else None
         self.rotary_emb = Rotary(w // d["heads"])
-        self.blocks = nn.ModuleList([Block(w, d["heads"], c, d["mlp_ratio"], th) for _ in range(d["depth"])])
+        self.blocks = nn.ModuleList([Block(w, d["heads"], c, d["mlp_ratio"], th, d.get("causal", False)) for _ in range(d["depth"])])
         self.output_layer = FinalLayer(w, d["num_classes"], c, th)
 
     def forward(self, ids, t=None, h=None):

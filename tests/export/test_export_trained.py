@@ -76,3 +76,13 @@ def test_imported_run_samples_and_initialises_like_the_original(trained, tmp_pat
 
     init_params, inputs = init_from.initializer(cfg, build_model(cfg), b.mesh)
     assert _same(init_params(inputs), a.params)
+
+
+def test_parity_on_the_runs_own_data(trained):
+    """``check-parity --inputs text``: the run's validation data through its pipeline, masked per row."""
+    pytest.importorskip("torch")
+    from dlm_jax.export import parity
+
+    fig = parity.check_parity(trained, fmt="mdlm", inputs="text", num_sequences=4, length=16)
+    assert fig["passes"] and fig["inputs"] == "text" and fig["positions"] == 64
+    assert fig["max_abs"] < 5e-5 and fig["top1"] == 1.0
