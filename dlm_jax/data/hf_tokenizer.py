@@ -82,8 +82,10 @@ class HFTokenizer:
         if self.eos_id is None:
             fail("data.tokenizer_path", path, "a tokenizer with an EOS token (eos_token in tokenizer_config.json or "
                  "eos_token_id in config.json)")
-        self.pad_id = special("pad") if special("pad") is not None else self.eos_id
-        self.bos_id = special("bos") if special("bos") is not None else self.eos_id
+        pad = special("pad")
+        self.pad_id = pad if pad is not None else self.eos_id
+        bos = special("bos")
+        self.bos_id = bos if bos is not None else self.eos_id
         self.unk_id = special("unk")
 
     def __getstate__(self):  # picklable for grain worker processes
