@@ -1,6 +1,6 @@
 """FS-DFM ablations at equal compute on the Markov-chain language (issue 13; METHODS §6.6 check 5, §6.7).
 
-Each ablation is one student distillation run (``configs/fsdfm.py:demo``, same number of optimiser
+Each ablation is one student distillation run (``configs/fsdfm.py:demo_mask``, same number of optimiser
 steps, same batch, same data) that changes one knob of the baseline recipe (mask source, EMA
 self-teacher, RK-4 with faithful time labels, inverse-h policy, N_ref = 64, identity fusers); every
 student starts from the same DFM teacher (one per source, trained once and reused). Each student is
@@ -66,14 +66,14 @@ def _train(cfg, workdir, steps):
 
 
 def _teacher(workdir, source, steps):
-    cfg = fsdfm_configs.get_config("teacher_demo" + ("_uniform" if source == "uniform" else ""))
+    cfg = fsdfm_configs.get_config(f"teacher_demo_{source}")
     cfg.train.steps, cfg.checkpoint.every = steps, steps
     cfg.evals.eval.every = steps
     return cfg, _train(cfg, workdir, steps)
 
 
 def _student(workdir, teacher_dir, source, overrides, steps):
-    cfg = fsdfm_configs.get_config("demo" + ("_uniform" if source == "uniform" else ""))
+    cfg = fsdfm_configs.get_config(f"demo_{source}")
     cfg.init_from.workdir = teacher_dir
     cfg.method.teacher_workdir = teacher_dir
     cfg.train.steps, cfg.checkpoint.every = steps, steps

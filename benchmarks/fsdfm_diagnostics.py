@@ -1,7 +1,7 @@
 """FS-DFM diagnostics on the Markov-chain language (issue 13): what distillation can and cannot buy.
 
 Uses ``dlm_jax.methods.fsdfm_diagnostics`` and the exact chain (``MarkovChainLanguage``) of
-``configs/fsdfm.py:demo`` (V = 8, L = 32). Prints markdown tables and writes a JSON:
+``configs/fsdfm.py:demo_mask`` (V = 8, L = 32). Prints markdown tables and writes a JSON:
 
 1. **The oracle's few-step curve** — the exact posterior as the denoiser of the cumulative-scalar
    sampler at N ∈ {1, 2, 4, 8, 64} and of the Euler solver at N = 1,024 (mask and uniform source):
@@ -174,7 +174,7 @@ def main():
     ap.add_argument("--ideal", action="store_true", help="uniform-source ideal-student sampler curves (slow)")
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "fsdfm_diagnostics.json"))
     args = ap.parse_args()
-    cfg = fsdfm_configs.get_config("demo")
+    cfg = fsdfm_configs.get_config("demo_mask")
     lang = markov_language(cfg.data, cfg.data.seq_len)
     v, length = cfg.data.markov_vocab, cfg.data.seq_len
     key = jax.random.key(13)

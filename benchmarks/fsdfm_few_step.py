@@ -3,8 +3,8 @@
 On the synthetic Markov-chain language (``data.source="markov"``, V = 8, L = 32) it trains, with the
 real trainer ``dlm_jax.train.loop.train``:
 
-1. the DFM teacher (``configs/fsdfm.py:teacher_demo``: generalized KL, mask source, κ = t);
-2. the FS-DFM student (``configs/fsdfm.py:demo``: initialised from the teacher with identity fusers,
+1. the DFM teacher (``configs/fsdfm.py:teacher_demo_mask``: generalized KL, mask source, κ = t);
+2. the FS-DFM student (``configs/fsdfm.py:demo_mask``: initialised from the teacher with identity fusers,
    RK-4 shortcut distillation from its EMA, data anchor at h = 1/N_ref, N_ref = 64);
 
 then samples both (EMA weights) and reports, per setting, the exact per-token NLL of the samples under
@@ -91,8 +91,8 @@ def main():
     args = ap.parse_args()
 
     t_dir, s_dir = os.path.join(args.workdir, "teacher"), os.path.join(args.workdir, "student")
-    t_cfg, t_train_s, _ = _train("teacher_demo", t_dir, args.teacher_steps)
-    s_cfg, s_train_s, _ = _train("demo", s_dir, args.student_steps, init_from=t_dir)
+    t_cfg, t_train_s, _ = _train("teacher_demo_mask", t_dir, args.teacher_steps)
+    s_cfg, s_train_s, _ = _train("demo_mask", s_dir, args.student_steps, init_from=t_dir)
     oracle = markov_language(t_cfg.data, t_cfg.data.seq_len)
     teacher, t_params, _ = _load(t_dir, args.weights)
     student, s_params, _ = _load(s_dir, args.weights)
