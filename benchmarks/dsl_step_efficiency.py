@@ -162,7 +162,7 @@ def self_correction(run, kind, oracle, key, *, n, frac=0.1, s_max=100.0, snr=Non
         from dlm_jax.methods import dsl as dsl_method
         from dlm_jax.processes import localization as loc
 
-        anchors = dsl_method.anchors_from_config(run.config)
+        anchors = dsl_method.anchors_from_config(run.config, run.params)
         if snr is None:
             z = encode_state(k_enc, xc, anchors, jnp.zeros(xc.shape, bool), s_max=s_max)
         else:
