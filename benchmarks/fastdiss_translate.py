@@ -34,7 +34,7 @@ sys.path.insert(0, ROOT)
 
 def parse():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--runs", required=True, help="name=workdir,... (the variants, in table order)")
+    p.add_argument("--runs", default="", help="name=workdir,... (the variants, in table order)")
     p.add_argument("--ks", default="1,2,5,10,20,200", help="DDIM step counts")
     p.add_argument("--diffuseq-ks", default="2000", help="DiffuSeq-style ancestral step counts")
     p.add_argument("--show-k", type=int, default=2000, help="also print examples for this DiffuSeq K (and DDIM 5)")
@@ -43,6 +43,7 @@ def parse():
     p.add_argument("--batches", type=int, default=4, help="test batches (of the run's batch size)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--length-beam", type=int, default=1, help="lengths per source (0: the run's method.length_beam)")
+    p.add_argument("--from-json", default=None, help="only print the table and plot of this results file")
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "fastdiss_translate"))
     return p.parse_args()
 
@@ -113,6 +114,11 @@ def sc_gaps(run, k, a):
 
 def main():
     a = parse()
+    if a.from_json:  # table and plot of a finished (or partial) run
+        results = json.load(open(a.from_json))
+        print_table(results)
+        plot(results, a.from_json[:-len(".json")] + ".png")
+        return
     import jax
 
     from dlm_jax import runs
@@ -121,41 +127,55 @@ def main():
     ks = [int(k) for k in a.ks.split(",")]
     dks = [int(k) for k in a.diffuseq_ks.split(",") if k]
     results = {"args": vars(a), "jax": jax.__version__, "variants": {}}
+    loaded = {}
     for name, workdir in variants:
         run = runs.load_run(workdir, use_ema=True)
         if a.length_beam:  # candidates per source (NFE per sentence = K x beam x mbr)
             run = dataclasses.replace(run, method=dataclasses.replace(
                 run.method, sample=functools.partial(run.method.sample, length_beam=a.length_beam)))
-        rows = []
-        for sampler, k in [("ddim", k) for k in ks] + [("diffuseq", k) for k in dks]:
+        loaded[name] = run
+        results["variants"][name] = dict(workdir=workdir, step=int(run.step), rows=[], sc_gap={})
+    # The few-step rows and gaps of every variant first, the slow many-step references last; the
+    # JSON is rewritten after every row, so a long run keeps what it has.
+    plan = [(n, "ddim", k) for n in loaded for k in ks] + [(n, "gap", 0) for n in loaded]
+    plan += [(n, "diffuseq", k) for k in dks for n in loaded]
+    os.makedirs(os.path.dirname(a.out), exist_ok=True)
+    for name, sampler, k in plan:
+        run, v = loaded[name], results["variants"][name]
+        if sampler == "gap":
+            v["sc_gap"] = {str(g): sc_gaps(run, g, a) for g in (int(g) for g in a.gap_ks.split(",") if g)}
+            print(f"{name} SC gap: " + "; ".join(f"K={g}: " + " ".join(f"{x:.3f}" for x in row)
+                                                 for g, row in v["sc_gap"].items()), flush=True)
+        else:
             m = score(run, sampler, k, a)
-            rows.append(dict(sampler=sampler, k=k, nfe=int(m["nfe"]), bleu=m["bleu"], chrf=m["chrf"],
-                             exact_match=m["exact_match"], sentences=int(m["num_sentences"]),
-                             seconds_per_batch=m["seconds_per_batch"]))
+            v["rows"].append(dict(sampler=sampler, k=k, nfe=int(m["nfe"]), bleu=m["bleu"], chrf=m["chrf"],
+                                  exact_match=m["exact_match"], sentences=int(m["num_sentences"]),
+                                  seconds_per_batch=m["seconds_per_batch"]))
             print(f"{name} {sampler} K={k}: BLEU {m['bleu']:.2f} chrF {m['chrf']:.2f} exact {m['exact_match']:.3f} "
                   f"({int(m['num_sentences'])} sentences), {m['seconds_per_batch'] * 1e3:.0f} ms/batch", flush=True)
-        gaps = {str(k): sc_gaps(run, k, a) for k in (int(k) for k in a.gap_ks.split(",") if k)}
-        print(f"{name} SC gap: " + "; ".join(f"K={k}: " + " ".join(f"{g:.3f}" for g in v) for k, v in gaps.items()))
-        results["variants"][name] = dict(workdir=workdir, step=int(run.step), rows=rows, sc_gap=gaps)
-        os.makedirs(os.path.dirname(a.out), exist_ok=True)
-        with open(a.out + ".json", "w") as f:  # after every variant: a long run keeps what it has
+        with open(a.out + ".json", "w") as f:
             json.dump(results, f, indent=1)
     print_table(results)
     plot(results, a.out + ".png")
 
 
 def print_table(results):
+    """The markdown table (a row missing from an unfinished run prints as "–")."""
     names = list(results["variants"])
-    first = results["variants"][names[0]]["rows"]
-    slow = max(first, key=lambda r: r["nfe"])
-    print("\n| sampler | K (NFE) | " + " | ".join(f"{n} BLEU / chrF" for n in names)
-          + f" | s / batch ({names[0]}) | speed-up vs {slow['sampler']} {slow['k']} |")
-    print("|---|---:|" + "---:|" * len(names) + "---:|---:|")
-    for i, r in enumerate(first):
-        cells = " | ".join(f"{results['variants'][n]['rows'][i]['bleu']:.2f} / {results['variants'][n]['rows'][i]['chrf']:.1f}"
+    rows = {n: {(r["sampler"], r["k"]): r for r in v["rows"]} for n, v in results["variants"].items()}
+    keys = list(dict.fromkeys(key for n in names for key in rows[n]))
+    first = rows[names[0]]
+    slow = max(first.values(), key=lambda r: r["nfe"])
+    print("\n| sampler | K = NFE | " + " | ".join(f"{n} BLEU / chrF" for n in names)
+          + f" | s / batch ({names[0]}) | NFE ratio vs {slow['sampler']} {slow['k']} | wall-clock ratio |")
+    print("|---|---:|" + "---:|" * len(names) + "---:|---:|---:|")
+    for key in keys:
+        cells = " | ".join(f"{rows[n][key]['bleu']:.2f} / {rows[n][key]['chrf']:.1f}" if key in rows[n] else "–"
                            for n in names)
-        print(f"| {r['sampler']} | {r['k']} | {cells} | {r['seconds_per_batch']:.3f} | "
-              f"{slow['seconds_per_batch'] / r['seconds_per_batch']:.0f}x |")
+        r = first.get(key)
+        tail = (f"{r['seconds_per_batch']:.2f} | {slow['nfe'] / r['nfe']:.0f}x | "
+                f"{slow['seconds_per_batch'] / r['seconds_per_batch']:.0f}x") if r else "– | – | –"
+        print(f"| {key[0]} | {key[1]} | {cells} | {tail} |")
 
 
 def plot(results, path):
@@ -166,13 +186,13 @@ def plot(results, path):
 
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
     for j, (name, v) in enumerate(results["variants"].items()):
-        rows = [r for r in v["rows"] if r["sampler"] == "ddim"]
+        rows = sorted((r for r in v["rows"] if r["sampler"] == "ddim"), key=lambda r: r["k"])
         line, = ax[0].plot([r["k"] for r in rows], [r["bleu"] for r in rows], "o-", label=f"{name} (DDIM)")
         for r in v["rows"]:
             if r["sampler"] == "diffuseq":
                 ax[0].plot([r["k"]], [r["bleu"]], "*", ms=11, color=line.get_color(),
                            label=f"{name} (DiffuSeq {r['k']})")
-        gap = v["sc_gap"].get("5") or next(iter(v["sc_gap"].values()))
+        gap = v["sc_gap"].get("5") or next(iter(v["sc_gap"].values()), [])
         ax[1].plot(range(1, len(gap) + 1), gap, "o-", label=name)
     ax[0].set_xscale("log")
     ax[0].set_xlabel("sampler steps K (= NFE per candidate)")
