@@ -7,7 +7,7 @@ The tokenizer (sentencepiece BPE: 512 pieces for the demo, 1,024 for tiny) is tr
 into the workdir; running the same command again resumes from the last checkpoint.
 
 The demo is sized to learn visibly on a CPU: a 96-wide 3-block DiT for 1,200 steps of 32 × 128
-tokens. Measured: validation NELBO 3.92 nats/token against the 5.11 nats/token of the train
+tokens. Measured: validation NELBO 3.98 nats/token (2026-12-02) against the 5.11 nats/token of the train
 unigram (a model that ignores context); the wider 128 × 4 DiT of earlier versions, at 400 steps
 with 1,024 pieces, stayed at the unigram level (5.85 vs 5.93).
 """

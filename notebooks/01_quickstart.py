@@ -18,7 +18,7 @@
 # standard library's sources with a sentencepiece tokenizer trained on the fly — no download.
 #
 # * `DLM_NOTEBOOK_SCALE` (default 1): 1 trains the full demo (`configs/demo.py:demo`, 1,200 steps:
-#   9 min on a loaded 2-core CPU, validation NELBO 3.92 nats/token); below 0.25 the tiny preset
+#   9 min on a loaded 2-core CPU, validation NELBO 3.98 nats/token); below 0.25 the tiny preset
 #   (`configs/demo.py:tiny`, a 64-wide 2-block DiT) with `1200 × SCALE` steps. CI runs 0.025
 #   (30 steps: the samples are noise, the plumbing is the point). The AR judge of the last section
 #   trains `1500 × SCALE` steps likewise (`configs/ar.py:judge` at full scale: about 10 more min).
