@@ -102,7 +102,7 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
                                       lr=3e-4 if teacher else 1e-5, warmup_steps=10_000, weight_decay=0.03, b2=0.95,
                                       compute_dtype="bfloat16", log_every=100, ema_decay=ema)
         c.evals = config_blocks.evals(batches=16, every=10_000)
-    elif scale == "stdlib":  # sized for ~20 min of one loaded CPU core, teacher and student together
+    elif scale == "stdlib":  # ~15 min of a quiet CPU core, teacher and student (issue 13)
         c.train = config_blocks.train(steps=500 if teacher else 150, batch_size=32, lr=3e-3 if teacher else 1e-3,
                                       warmup_steps=30 if teacher else 10, log_every=50, ema_decay=ema)
         c.evals = config_blocks.evals(batches=4, every=250)
