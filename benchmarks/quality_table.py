@@ -13,8 +13,8 @@ Train the runs first (each resumes if re-run), then:
     python -m dlm_jax train --config configs/demo.py:demo --workdir runs/demo
     python -m dlm_jax train --config configs/ar.py:judge --workdir runs/ar_judge
     python -m dlm_jax train --config configs/ar.py:demo --workdir runs/ar_demo
-    python -m dlm_jax train --config configs/fsdfm.py:teacher_demo --workdir runs/fsdfm_teacher_demo
-    python -m dlm_jax train --config configs/fsdfm.py:demo --workdir runs/fsdfm_demo
+    python -m dlm_jax train --config configs/fsdfm.py:teacher_demo_mask --workdir runs/fsdfm_teacher_demo
+    python -m dlm_jax train --config configs/fsdfm.py:demo_mask --workdir runs/fsdfm_demo
     python benchmarks/quality_table.py --mdlm runs/demo --ar runs/ar_demo --judge run:runs/ar_judge \
         --fsdfm runs/fsdfm_demo --fsdfm-teacher runs/fsdfm_teacher_demo --num-samples 32
 

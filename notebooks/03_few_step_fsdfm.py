@@ -25,7 +25,7 @@
 # so samples are scored by their true per-token NLL and their unigram entropy (low entropy with
 # low NLL would mean repetitive text).
 #
-# `DLM_NOTEBOOK_SCALE` (default 1): 1 trains `configs/fsdfm.py:teacher_demo` / `demo` for 2,000 /
+# `DLM_NOTEBOOK_SCALE` (default 1): 1 trains `configs/fsdfm.py:teacher_demo_mask` / `demo_mask` for 2,000 /
 # 1,500 steps (as `benchmarks/fsdfm_few_step.py`: about 17 min on 2 busy CPU cores); below 0.25 the
 # `teacher_tiny` / `tiny` presets for `2000 × SCALE` / `1500 × SCALE` steps and the teacher sampled at
 # 8 and 1,024 steps only. CI runs 0.025, where neither model has learned much: the plumbing is the point.
@@ -74,7 +74,7 @@ from dlm_jax.runs import load_run
 from dlm_jax.train import loop
 
 logging.set_verbosity(logging.ERROR)
-SIZE = "demo" if SCALE >= 0.25 else "tiny"
+SIZE = "demo_mask" if SCALE >= 0.25 else "tiny"  # the mask source of the text (plain demo: uniform)
 TEACHER_STEPS, STUDENT_STEPS = max(10, round(2000 * SCALE)), max(10, round(1500 * SCALE))
 SAMPLES = max(64, round(256 * SCALE))
 TEACHER_SAMPLING = (8, 64, 1024) if SCALE >= 0.25 else (8, 1024)  # fewer compilations at the CI scale
