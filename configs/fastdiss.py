@@ -80,7 +80,7 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     c.method = config_blocks.method(
         "fastdiss", dim={"tiny": 8, "demo": 16, "iwslt14": 16, "wmt14": 64}[arg], schedule="interchangeable",
         time_sampler="clipped", scp=True, scp_mode="previous_step", scp_delta="steps", scp_steps=(1, 2, 5, 10),
-        scp_shared_noise=True, scp_time_label="t_plus", mans=True, mans_betas=(2.0, 3.0, 4.0),
+        scp_shared_noise=False, scp_time_label="t_plus", mans=True, mans_betas=(2.0, 3.0, 4.0),
         beta_phases=(100_000, 200_000) if paper else (steps // 3, 2 * steps // 3), first_pass=0.5,
         sampler="ddim", length_mode="predict", length_beam=5 if paper else (1 if tiny else 3), mbr=1)
 

@@ -81,6 +81,27 @@ def test_scp_marginal_identity(schedule):
     assert abs(float(ed.alpha_sigma(0.8, schedule)[1]) ** 2 * (1 + float(gam1) ** 2) - 1.0) < 1e-5
 
 
+def test_shared_noise_would_hand_the_main_pass_z0_so_the_default_draws_fresh_noise():
+    """With the SC latent z' on the same ε as z_t, the pair fixes z_0 exactly:
+    z_0 = (σ' z_t − σ_t z') / (σ' α_t − σ_t α'). A trained +SCP run learned that shortcut (95.6 % of
+    tokens right with the shared ε, 18.0 % with a fresh one; BENCHMARKS, FastDiSS), which no sampler
+    can offer — so ``scp_shared_noise`` is False by default."""
+    import ml_collections
+
+    from dlm_jax.methods.fastdiss_config import settings
+
+    t, delta = jnp.float32(0.4), jnp.float32(0.2)
+    z0 = jax.random.normal(jax.random.key(1), (5, 16))
+    eps = jax.random.normal(jax.random.key(2), (5, 16))
+    lam, gam, t_sc = ed.scp_params(t, delta)
+    z_t, z_sc = ed.forward(z0, t, eps), ed.scp_latent(z0, eps, t, lam, gam)
+    (a, s), (a_p, s_p) = ed.alpha_sigma(t), ed.alpha_sigma(t_sc)
+    np.testing.assert_allclose(np.asarray((s_p * z_t - s * z_sc) / (s_p * a - s * a_p)), np.asarray(z0), atol=2e-5)
+    cfg = ml_collections.ConfigDict({"model": {"name": "encdec", "vocab_size": 12},
+                                     "method": {"name": "fastdiss", "scp": True}})
+    assert settings(cfg).scp_shared_noise is False
+
+
 def test_scp_constant_and_delta_draws():
     lam, gam, t_sc = ed.scp_constant(jnp.asarray([0.2, 0.7]), 0.9, 0.1)
     np.testing.assert_allclose(np.asarray(lam), 0.9)
