@@ -9,7 +9,10 @@ Time direction: **t = 0 is the source (all-mask or uniform noise), t = 1 is the 
   log-softmax normalised: the mask logit is dropped (``flow_logprobs``). This is the flow sampler seam.
 * Loss (per token, ``Σ loss·loss_mask / Σ loss_mask``): the generalized KL (default)
   ``ℓ = −κ̇/(1−κ) [p(x_t) − δ(x_1=x_t) + (1 − δ(x_1=x_t)) log p(x_1)]`` or the cross-entropy
-  ``−log p(x_1)``, with ``t ~ U[0, 1 − time_epsilon)``, ``time_epsilon = 1e-5``.
+  ``−log p(x_1)``, with ``t ~ U[0, 1 − time_epsilon)``, ``time_epsilon = 1e-5``: i.i.d. per row
+  (the reference), or antithetic (one randomly rotated grid of spacing 1/B: every 1/B stratum of
+  times once per batch, as MDLM; the generalized KL's rate ``1/(1 − t)`` makes the i.i.d. draw's
+  rare rows near t = 1 dominate a batch).
 * ELBO evaluation (§2.3(c), ``elbo_terms``): the generalized KL of the *linear* path at K stratified
   values ``κ_k = ((k + u_b)/K mod 1)·(1 − 10⁻³)`` (one uniform offset ``u_b`` per sequence, shared by
   its K points), with the model queried at ``t = κ^{-1}(κ_k)`` (``κ^{1/n}``); the mean over k is a
@@ -23,6 +26,7 @@ Config keys read by ``build`` (missing keys get these defaults, written back int
 ``exponent``       ``1.0``         n of ``κ = t^n`` (polynomial only)
 ``loss``           ``"gkl"``       ``"gkl"`` (generalized KL) or ``"ce"`` (cross-entropy)
 ``time_epsilon``   ``1e-5``        training times ``t ~ U[0, 1 − time_epsilon)``
+``time_sampling``  ``"iid"``       ``"iid"`` or ``"antithetic"`` (``training_times``)
 ``elbo_points``    ``32``          K, κ grid size of the ELBO evaluation
 ``elbo_eps``       ``1e-3``        the grid is scaled by ``1 − elbo_eps``
 ``sampler``        ``"dfm_euler"`` default sampler of ``sample`` (``samplers.get_sampler``)
@@ -48,6 +52,7 @@ from dlm_jax.processes import flow
 
 __all__ = [
     "LOSSES",
+    "TIME_SAMPLING",
     "flow_logprobs",
     "logprobs_fn",
     "denoise_fn",
@@ -65,6 +70,7 @@ __all__ = [
 ]
 
 LOSSES = ("gkl", "ce")
+TIME_SAMPLING = ("iid", "antithetic")
 
 
 def flow_logprobs(logits, vocab_size: int):
@@ -112,10 +118,17 @@ def kappa_inverse(kappa, schedule):
     return kappa if schedule.exponent == 1 else kappa ** (1.0 / schedule.exponent)
 
 
-def training_times(key, batch_size: int, time_epsilon: float = 1e-5, dtype=None):
-    """``t ~ U[0, 1 − time_epsilon)``, ``[B]`` (t: 0 = source, 1 = data)."""
+def training_times(key, batch_size: int, time_epsilon: float = 1e-5, dtype=None, *, antithetic: bool = False):
+    """Training times ``[B]`` in ``[0, 1 − time_epsilon)`` (t: 0 = source, 1 = data), each row marginally
+    ``U[0, 1 − time_epsilon)``. i.i.d. by default; ``antithetic``: ``t_b = ((u + b/B) mod 1)(1 − ε)`` with
+    one ``u ~ U[0, 1)``, so the batch holds exactly one time in each stratum ``[k/B, (k+1)/B)(1 − ε)``."""
     dtype = dtype or jnp.result_type(float)
-    return jax.random.uniform(key, (batch_size,), dtype=dtype) * (1.0 - time_epsilon)
+    if antithetic:
+        u = jax.random.uniform(key, (), dtype=dtype)
+        t = jnp.mod(u + jnp.arange(batch_size, dtype=dtype) / batch_size, 1.0)
+    else:
+        t = jax.random.uniform(key, (batch_size,), dtype=dtype)
+    return t * (1.0 - time_epsilon)
 
 
 def loss_terms(log_p, x1, xt, t, schedule, loss: str = "gkl"):
@@ -192,6 +205,8 @@ def build(config, apply_fn: Callable) -> Method:
     loss_name = resolve(mc, "loss", "gkl", prefix="method", check=check_choice, allowed=LOSSES)
     time_epsilon = resolve(mc, "time_epsilon", 1e-5, prefix="method", check=check_float, min=0.0, max=1.0,
                            max_open=True)
+    antithetic = resolve(mc, "time_sampling", "iid", prefix="method", check=check_choice,
+                         allowed=TIME_SAMPLING) == "antithetic"
     num_points = resolve(mc, "elbo_points", 32, prefix="method", check=check_int, min=1)
     elbo_eps = resolve(mc, "elbo_eps", 1e-3, prefix="method", check=check_float, min=0.0, max=1.0, max_open=True)
     default_sampler = resolve(mc, "sampler", "dfm_euler", prefix="method", check=check_str)
@@ -204,7 +219,7 @@ def build(config, apply_fn: Callable) -> Method:
         del step, aux
         x1 = jnp.asarray(batch["tokens"])
         k_t, k_path, k_drop = jax.random.split(rng, 3)
-        t = training_times(k_t, x1.shape[0], time_epsilon)
+        t = training_times(k_t, x1.shape[0], time_epsilon, antithetic=antithetic)
         xt = flow.sample_path(k_path, x1, t, source=source, vocab_size=vocab_size, schedule=schedule)
         apply_kw = {"dropout_rng": k_drop} if use_dropout else {}
         terms = loss_terms(lp_fn(params, xt, t, **apply_kw), x1, xt, t, schedule, loss_name)

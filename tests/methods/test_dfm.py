@@ -160,6 +160,40 @@ def test_tiny_dit_loss_is_differentiable_and_decreases(loss):
     assert np.isfinite(first) and float(last) < 0.8 * first, (first, float(last))
 
 
+def test_antithetic_times_fill_every_stratum_once_and_are_marginally_uniform():
+    eps, batch = 1e-3, 8
+    draws = np.stack([np.asarray(dfm.training_times(k, batch, eps, antithetic=True))
+                      for k in jax.random.split(jax.random.key(0), 4000)])
+    assert draws.min() >= 0.0 and draws.max() < 1.0 - eps
+    strata = np.sort(np.floor(draws / (1.0 - eps) * batch), axis=1)
+    np.testing.assert_array_equal(strata, np.broadcast_to(np.arange(batch), strata.shape))  # one per stratum
+    gaps = np.diff(np.sort(draws, axis=1), axis=1)
+    np.testing.assert_allclose(gaps, (1.0 - eps) / batch, rtol=1e-4)  # a rotated grid, spacing (1 − ε)/B
+    for row in (0, batch - 1):  # each row U[0, 1 − ε): mean and variance of the uniform, 4,000 draws
+        assert abs(draws[:, row].mean() - (1 - eps) / 2) < 0.015
+        assert abs(draws[:, row].var() - (1 - eps) ** 2 / 12) < 0.006
+    iid = np.stack([np.asarray(dfm.training_times(k, batch, eps))
+                    for k in jax.random.split(jax.random.key(1), 4000)])
+    filled = [np.unique(np.floor(row / (1.0 - eps) * batch)).size == batch for row in iid]
+    assert np.mean(filled) < 0.01  # 8!/8^8 = 0.24% of i.i.d. batches hit every stratum
+    assert abs(iid.mean() - (1 - eps) / 2) < 0.01 and iid.max() < 1.0 - eps
+
+
+def test_time_sampling_reaches_the_loss():
+    chain = MarkovChainLanguage.random(0, 4, 6)
+    x1 = jnp.asarray(np.asarray(chain.sample(jax.random.key(2), 8)))
+    apply = oracle_apply(chain, "mask")
+    k_t, k_path, _ = jax.random.split(jax.random.key(3), 3)
+    for mode in ("iid", "antithetic"):
+        config = _config(4, time_sampling=mode)
+        got = float(dfm.build(config, apply).loss(None, {"tokens": x1}, jax.random.key(3))[0])
+        assert config.method.time_sampling == mode
+        t = dfm.training_times(k_t, 8, 1e-5, antithetic=mode == "antithetic")
+        xt = flow.sample_path(k_path, x1, t, source="mask", vocab_size=4, schedule="linear")
+        want = dfm.loss_terms(dfm.logprobs_fn(apply, 4)(None, xt, t), x1, xt, t, "linear").mean()
+        np.testing.assert_allclose(got, float(want), rtol=1e-6)
+
+
 @pytest.mark.parametrize("key,value,match", [
     ("source", "gaussian", "method.source"),
     ("loss", "mse", "method.loss"),
@@ -167,6 +201,7 @@ def test_tiny_dit_loss_is_differentiable_and_decreases(loss):
     ("exponent", -1.0, "method.exponent"),
     ("time_epsilon", 1.5, "method.time_epsilon"),
     ("elbo_points", 0, "method.elbo_points"),
+    ("time_sampling", "sobol", "method.time_sampling: 'sobol'; expected one of \\('iid', 'antithetic'\\)"),
 ])
 def test_bad_config_raises(key, value, match):
     with pytest.raises(ValueError, match=match):
