@@ -31,7 +31,8 @@ import numpy as np
 
 from dlm_jax import checks
 
-__all__ = ["Judge", "register_judge", "judge_prefixes", "check_judge_spec", "load_judge", "gen_nll", "judge_windows"]
+__all__ = ["Judge", "register_judge", "judge_prefixes", "check_judge_spec", "load_judge", "gen_nll", "judge_windows",
+           "ratio_standard_error"]
 
 _EXPECTED = ("run:<workdir> (an 'ar' dlm_jax run) or hf:<folder> (a local Hugging Face GPT-2: config.json, "
              "model.safetensors, tokenizer.json)")
@@ -175,9 +176,21 @@ def window_nll(judge: Judge, windows: list[list[int]], batch_size: int = 16) -> 
     return out
 
 
+def ratio_standard_error(sums, counts) -> float:
+    """Standard error of ``Σ sums / Σ counts`` over k independent samples (the delta-method ratio
+    estimator): ``sqrt(Σ (s_i − R c_i)² / (k (k − 1))) / mean(c)``; NaN below two samples or tokens."""
+    sums, counts = np.asarray(sums, np.float64), np.asarray(counts, np.float64)
+    k, total = sums.size, counts.sum()
+    if k < 2 or not total > 0:
+        return float("nan")
+    resid = sums - (sums.sum() / total) * counts
+    return float(math.sqrt((resid ** 2).sum() / (k * (k - 1))) / counts.mean())
+
+
 def gen_nll(judge: Judge, texts: list[str], ended: list[bool] | None = None, batch_size: int = 16) -> dict:
-    """Generative NLL of ``texts`` under ``judge``: ``gen_nll`` (nats/token), ``gen_ppl``,
-    ``judge_tokens`` and the per-sample NLL sums / token counts."""
+    """Generative NLL of ``texts`` under ``judge``: ``gen_nll`` (nats/token), its standard error over
+    samples ``gen_nll_se`` (``ratio_standard_error``), ``gen_ppl``, ``judge_tokens`` and the per-sample
+    NLL sums / token counts (with one seed per sample, two rows' per-sample sums pair up)."""
     ended = ended or [False] * len(texts)
     windows, owner = [], []
     for i, (text, end) in enumerate(zip(texts, ended)):
@@ -192,5 +205,6 @@ def gen_nll(judge: Judge, texts: list[str], ended: list[bool] | None = None, bat
                           minlength=len(texts)) if windows else np.zeros(len(texts))
     total = float(per_tok.sum())
     nll = float(per_nll.sum() / total) if total else float("nan")
-    return {"gen_nll": nll, "gen_ppl": math.exp(min(nll, 700.0)) if total else float("nan"),
+    return {"gen_nll": nll, "gen_nll_se": ratio_standard_error(per_nll, per_tok),
+            "gen_ppl": math.exp(min(nll, 700.0)) if total else float("nan"),
             "judge_tokens": total, "per_sample_nll": per_nll.tolist(), "per_sample_tokens": per_tok.tolist()}

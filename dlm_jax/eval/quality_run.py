@@ -47,7 +47,8 @@ class Metric:
 
 def _gen_ppl(ctx):
     r = judges.gen_nll(ctx["judge"], ctx["texts"], ctx["ended"])
-    return {k: r[k] for k in ("gen_nll", "gen_ppl", "judge_tokens")}
+    return {k: r[k] for k in ("gen_nll", "gen_nll_se", "gen_ppl", "judge_tokens", "per_sample_nll",
+                              "per_sample_tokens")}
 
 
 def _entropy(ctx):
@@ -291,7 +292,7 @@ def plot(result: dict, path: str) -> str:
     return path
 
 
-SHOWN = ("gen_nll", "gen_ppl", "exact_nll", "unigram_entropy", "sequence_entropy", "distinct_4", "repetition_4", "mauve")
+SHOWN = ("gen_nll", "gen_nll_se", "gen_ppl", "exact_nll", "unigram_entropy", "sequence_entropy", "distinct_4", "repetition_4", "mauve")
 
 
 def summary_lines(result: dict) -> list[str]:

@@ -171,3 +171,18 @@ def test_bad_judges_are_one_line(gpt2_dir, tmp_path):
     (other / "config.json").write_text(json.dumps({"model_type": "llama"}))
     with pytest.raises(ValueError, match=r"model_type: 'llama'; expected 'gpt2'"):
         judges.load_judge(f"hf:{other}")
+
+
+def test_ratio_standard_error():
+    rng = np.random.default_rng(0)
+    per = rng.normal(5.0, 1.0, 40)
+    # equal token counts: the standard error of the mean of the per-sample means
+    assert judges.ratio_standard_error(per * 7, np.full(40, 7)) == pytest.approx(per.std(ddof=1) / math.sqrt(40),
+                                                                                 rel=1e-12)
+    assert math.isnan(judges.ratio_standard_error([3.0], [2])) and math.isnan(judges.ratio_standard_error([0, 0], [0, 0]))
+    # unequal counts: matches the spread of Σs/Σc over repeated draws of 64 samples (5,000 draws)
+    counts = rng.integers(5, 60, size=(5000, 64))
+    sums = counts * 4.0 + rng.normal(0, 1, counts.shape) * np.sqrt(counts) * 2.0
+    ratios = sums.sum(1) / counts.sum(1)
+    ses = [judges.ratio_standard_error(s, c) for s, c in zip(sums[:500], counts[:500])]
+    assert np.mean(ses) == pytest.approx(ratios.std(), rel=0.05)

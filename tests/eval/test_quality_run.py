@@ -126,6 +126,9 @@ def test_eval_metrics_end_to_end(runs_dir):
     assert [r["steps"] for r in result["rows"]] == [2, 4] and [r["nfe_max"] for r in result["rows"]] == [3, 5]  # + the final denoising call
     for r in result["rows"]:
         assert 0 < r["gen_nll"] < 20 and r["gen_ppl"] == pytest.approx(np.exp(r["gen_nll"]), rel=1e-9)
+        assert len(r["per_sample_nll"]) == 3 and sum(r["per_sample_tokens"]) == r["judge_tokens"]
+        assert sum(r["per_sample_nll"]) == pytest.approx(r["gen_nll"] * r["judge_tokens"], rel=1e-9)
+        assert r["gen_nll_se"] == pytest.approx(judges.ratio_standard_error(r["per_sample_nll"], r["per_sample_tokens"]))
         assert 0 < r["unigram_entropy"] <= np.log(16) + 1e-9 and 0 <= r["repetition_4"] <= 1 and 0 < r["distinct_4"] <= 1
         assert r["seconds"] > 0
     assert result["sampler"] == "mdlm" and result["judge"] == f"run:{ar_dir}" and len(result["git_sha"]) >= 7
