@@ -28,9 +28,12 @@ chain 1.510), so ``demo`` and ``paper`` default to it (the released checkpoints'
 Every other knob is within noise of the baseline recipe kept here (EMA self-teacher with a data
 anchor, faithful RK-4, inverse-h policy, N_ref = 64, identity fusers; mask source): frozen teacher
 1.695, consistent labels 1.695, Heun 1.703, annealed policy 1.693, uniform policy 1.697, N_ref = 16
-1.695, random fusers 1.701; the large-h policy collapses entropy (2.26 bits at 8 steps vs 2.57 for
-data). The mask-source limit is the factorisation of a step, not the recipe: the exact posterior
-itself scores 1.668 at 8 steps (``benchmarks/fsdfm_diagnostics.py``).
+1.695, N_ref = 256 1.699, random fusers 1.701; the large-h policy collapses entropy (2.26 bits at 8
+steps vs 2.57 for data). Length is the other knob that moves it: 5k / 15k student steps score 1.689 /
+1.671, the latter within one s.e. of the exact posterior sampled at 8 steps (1.668), the best any
+per-position student can do with the mask source (``benchmarks/fsdfm_diagnostics.py``): the limit is the
+factorisation of a step, not the recipe. ``demo`` keeps 2,000 steps (minutes on a CPU); train longer
+(``--config.train.steps``) for the last few hundredths of a nat.
 """
 
 import ml_collections
