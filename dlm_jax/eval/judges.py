@@ -32,7 +32,7 @@ import numpy as np
 from dlm_jax import checks
 
 __all__ = ["Judge", "register_judge", "judge_prefixes", "check_judge_spec", "load_judge", "gen_nll", "judge_windows",
-           "ratio_standard_error"]
+           "ratio_standard_error", "paired_difference"]
 
 _EXPECTED = ("run:<workdir> (an 'ar' dlm_jax run) or hf:<folder> (a local Hugging Face GPT-2: config.json, "
              "model.safetensors, tokenizer.json)")
@@ -185,6 +185,23 @@ def ratio_standard_error(sums, counts) -> float:
         return float("nan")
     resid = sums - (sums.sum() / total) * counts
     return float(math.sqrt((resid ** 2).sum() / (k * (k - 1))) / counts.mean())
+
+
+def paired_difference(sums_a, counts_a, sums_b, counts_b) -> tuple[float, float]:
+    """``(R_a − R_b, its standard error)`` for two ratios ``R = Σ sums / Σ counts`` measured on the same
+    k seeds (sample i of a and of b share their noise): the delta method on the paired residuals
+    ``(a_i − R_a c_i)/mean(c_a) − (b_i − R_b c_i)/mean(c_b)``, whose correlation the unpaired errors
+    ignore. NaN error below two samples."""
+    a, ca, b, cb = (np.asarray(v, np.float64) for v in (sums_a, counts_a, sums_b, counts_b))
+    if a.shape != b.shape or ca.shape != a.shape or cb.shape != b.shape:
+        raise ValueError(f"paired_difference: shapes {a.shape}, {ca.shape}, {b.shape}, {cb.shape}; "
+                         "expected one sum and one count per seed on both sides")
+    r_a, r_b = a.sum() / ca.sum(), b.sum() / cb.sum()
+    k = a.size
+    if k < 2:
+        return float(r_a - r_b), float("nan")
+    resid = (a - r_a * ca) / ca.mean() - (b - r_b * cb) / cb.mean()
+    return float(r_a - r_b), float(math.sqrt((resid ** 2).sum() / (k * (k - 1))))
 
 
 def gen_nll(judge: Judge, texts: list[str], ended: list[bool] | None = None, batch_size: int = 16) -> dict:

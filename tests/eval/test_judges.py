@@ -186,3 +186,19 @@ def test_ratio_standard_error():
     ratios = sums.sum(1) / counts.sum(1)
     ses = [judges.ratio_standard_error(s, c) for s, c in zip(sums[:500], counts[:500])]
     assert np.mean(ses) == pytest.approx(ratios.std(), rel=0.05)
+
+
+def test_paired_difference_uses_the_pairing():
+    rng = np.random.default_rng(1)
+    counts = rng.integers(20, 40, size=(4000, 32))
+    shared = rng.normal(0, 1, counts.shape) * np.sqrt(counts) * 3.0  # the seed's own difficulty, in both rows
+    a = counts * 5.0 + shared + rng.normal(0, 1, counts.shape) * np.sqrt(counts) * 0.5
+    b = counts * 4.9 + shared + rng.normal(0, 1, counts.shape) * np.sqrt(counts) * 0.5
+    diffs = a.sum(1) / counts.sum(1) - b.sum(1) / counts.sum(1)
+    got = [judges.paired_difference(x, c, y, c) for x, y, c in zip(a[:400], b[:400], counts[:400])]
+    assert got[0][0] == pytest.approx(diffs[0], rel=1e-12)
+    assert np.mean([se for _, se in got]) == pytest.approx(diffs.std(), rel=0.06)  # the spread over redraws
+    unpaired = np.hypot(judges.ratio_standard_error(a[0], counts[0]), judges.ratio_standard_error(b[0], counts[0]))
+    assert got[0][1] < 0.3 * unpaired  # the shared part cancels
+    with pytest.raises(ValueError, match="one sum and one count per seed"):
+        judges.paired_difference([1.0, 2.0], [1, 1], [1.0], [1])
