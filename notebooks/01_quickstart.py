@@ -39,17 +39,10 @@ if "google.colab" in sys.modules:
 
 # %%
 import os
-import sys
 
-ROOT = os.getcwd()  # the checkout: the first folder above the working directory with configs/demo.py
-while not os.path.isfile(os.path.join(ROOT, "configs", "demo.py")):
-    if os.path.dirname(ROOT) == ROOT:
-        raise FileNotFoundError("configs/demo.py: not found; expected to run inside a dlm_jax checkout")
-    ROOT = os.path.dirname(ROOT)
-sys.path.insert(0, ROOT)
-SCALE = float(os.environ.get("DLM_NOTEBOOK_SCALE", "1"))
-if not SCALE > 0:
-    raise ValueError(f"DLM_NOTEBOOK_SCALE: {SCALE}; expected a number > 0")
+from dlm_jax.notebook import setup
+
+ROOT, SCALE = setup()  # the checkout (put on sys.path for `configs`) and DLM_NOTEBOOK_SCALE
 
 # %%
 import json

@@ -46,17 +46,10 @@ if "google.colab" in sys.modules:
 
 # %%
 import os
-import sys
 
-ROOT = os.getcwd()  # the checkout: the first folder above the working directory with configs/demo.py
-while not os.path.isfile(os.path.join(ROOT, "configs", "demo.py")):
-    if os.path.dirname(ROOT) == ROOT:
-        raise FileNotFoundError("configs/demo.py: not found; expected to run inside a dlm_jax checkout")
-    ROOT = os.path.dirname(ROOT)
-sys.path.insert(0, ROOT)
-SCALE = float(os.environ.get("DLM_NOTEBOOK_SCALE", "1"))
-if not SCALE > 0:
-    raise ValueError(f"DLM_NOTEBOOK_SCALE: {SCALE}; expected a number > 0")
+from dlm_jax.notebook import setup
+
+ROOT, SCALE = setup()  # the checkout (put on sys.path for `configs`) and DLM_NOTEBOOK_SCALE
 
 # %%
 import tempfile
@@ -134,7 +127,7 @@ rows += [("teacher", "dfm_euler", n, score(teacher, n, "dfm_euler")) for n in TE
 data = np.asarray(oracle.sample(jax.random.key(7), SAMPLES))
 ref_nll = float(-np.asarray(oracle.log_prob(data), np.float64).mean() / data.shape[1])
 ref_entropy = sample_unigram_entropy_bits(data)
-print(f"| model | sampler | steps | NFE | NLL/token (nats) | unigram entropy (bits) |\n|---|---|---|---|---|---|")
+print("| model | sampler | steps | NFE | NLL/token (nats) | unigram entropy (bits) |\n|---|---|---|---|---|---|")
 for who, sampler, n, r in rows:
     print(f"| {who} | {sampler} | {n} | {r['nfe']} | {r['nll']:.4f} ± {r['se']:.4f} | {r['entropy']:.4f} |")
 print(f"| true chain | — | — | — | {ref_nll:.4f} (entropy rate {oracle.entropy() / data.shape[1]:.4f}) "

@@ -53,8 +53,9 @@ def test_setup_cell_is_colab_only_and_scale_comes_from_one_variable(name):
     assert 'if "google.colab" in sys.modules:' in setup and "pip" in setup
     assert all("skip-execution" not in c["metadata"].get("tags", []) for c in code[1:])
     assert all(not c["outputs"] and c["execution_count"] is None for c in code)  # committed without outputs
-    text = "".join("".join(c["source"]) for c in code)
-    assert set(re.findall(r"DLM_NOTEBOOK_\w+", text)) == {"DLM_NOTEBOOK_SCALE"}
+    text = "\n".join("".join(c["source"]) for c in code)
+    assert set(re.findall(r"DLM_NOTEBOOK_\w+", text)) <= {"DLM_NOTEBOOK_SCALE"}
+    assert "ROOT, SCALE = setup()" in "".join(code[1]["source"])  # dlm_jax.notebook, not a copy each
     assert nb["metadata"]["kernelspec"]["name"] == "python3"
 
 
@@ -89,3 +90,27 @@ def test_kernel_environment_of_the_notebooks():
                    "--xla_llvm_disable_expensive_passes=true"}
     env = conftest.kernel_env({"DLM_NOTEBOOK_SCALE": "0.5", "XLA_FLAGS": env["XLA_FLAGS"]})
     assert env["DLM_NOTEBOOK_SCALE"] == "0.5" and env["XLA_FLAGS"].count("optimization_level") == 1
+
+
+def test_notebook_setup_finds_the_checkout_and_reads_the_scale(tmp_path, monkeypatch):
+    from dlm_jax import notebook
+
+    deep = tmp_path / "notebooks" / "sub"
+    deep.mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="configs/demo.py: not found"):
+        notebook.checkout_root(str(deep))
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "demo.py").write_text("")
+    assert notebook.checkout_root(str(deep)) == str(tmp_path)
+    monkeypatch.chdir(deep)
+    monkeypatch.setattr("sys.path", ["x"])
+    monkeypatch.setenv("DLM_NOTEBOOK_SCALE", "0.025")
+    assert notebook.setup() == (str(tmp_path), 0.025)
+    assert notebook.setup() == (str(tmp_path), 0.025)
+    import sys
+
+    assert sys.path == [str(tmp_path), "x"]  # put first, once
+    assert notebook.notebook_scale({}) == 1.0
+    for bad in ("0", "-1", "nan", "big"):
+        with pytest.raises(ValueError, match=f"DLM_NOTEBOOK_SCALE: '{bad}'; expected a number > 0"):
+            notebook.notebook_scale({"DLM_NOTEBOOK_SCALE": bad})
