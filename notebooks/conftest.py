@@ -12,8 +12,10 @@ import os
 
 import pytest
 
+from dlm_jax.testing import FAST_CPU_COMPILE
+
 CI_SCALE = "0.025"
-FAST_COMPILE = ["--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true"]
+FAST_COMPILE = list(FAST_CPU_COMPILE)
 
 
 def kernel_env(environ) -> dict:

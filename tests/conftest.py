@@ -1,4 +1,6 @@
-"""Test-wide JAX set-up: 8 fake CPU devices and a persistent compilation cache.
+"""Test-wide JAX set-up: 8 fake CPU devices, XLA's cheaper CPU compilation
+(``dlm_jax.testing.FAST_CPU_COMPILE``, inherited by the CLI tests' subprocesses) and a persistent
+compilation cache.
 
 Must run before jax initialises its backend, hence the environment variable and config
 updates at import time.
@@ -6,7 +8,9 @@ updates at import time.
 
 import os
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+from dlm_jax.testing import FAST_CPU_COMPILE  # imports no jax
+
+os.environ.setdefault("XLA_FLAGS", " ".join(("--xla_force_host_platform_device_count=8",) + FAST_CPU_COMPILE))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402

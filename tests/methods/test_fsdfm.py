@@ -236,7 +236,7 @@ def test_identity_init_student_equals_teacher_and_zeroes_the_pretrained_anchor()
     teacher_lp = dfm.logprobs_fn(make_apply(t_graph), V)(t_params, x, t)
     for h in (1.0, 1 / 8, 1 / 1024):
         s_lp = dfm.logprobs_fn(make_apply(s_graph), V, h_conditioned=True)(student, x, t, jnp.full((4,), h))
-        np.testing.assert_allclose(s_lp, teacher_lp, atol=1e-5)
+        np.testing.assert_allclose(s_lp, teacher_lp, atol=5e-5)  # two graphs: float32 rounding apart
     assert float(jnp.std(teacher_lp)) > 0.1  # not the trivial zero-init output
     teacher = types.SimpleNamespace(apply=make_apply(t_graph), params=t_params)
     method = fsdfm.build(_config(V, n_ref=8, just_student=False), make_apply(s_graph), inputs={"teacher": teacher})

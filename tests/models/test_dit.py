@@ -240,8 +240,8 @@ def test_student_from_teacher():
         ps = init_student_from_teacher(pt, start, sc_id)
         assert bool(jnp.array_equal(ps["blocks"][1]["mlp"]["fc_in"]["kernel"][...],
                                     pt["blocks"][1]["mlp"]["fc_in"]["kernel"][...]))
-        for h in hs:
-            assert maxdiff(teacher, apply_s(ps, x, {"t": T, "h": h})) < 1e-5
+        for h in hs:  # two graphs (the fuser's identity matmul): float32 rounding apart, not more
+            assert maxdiff(teacher, apply_s(ps, x, {"t": T, "h": h})) < 5e-5
     # FS-DFM's own init (random new layers): shared weights copied, function differs
     ps = init_student_from_teacher(pt, ps_raw, TH)
     assert bool(jnp.array_equal(ps["final"]["linear"]["kernel"][...], pt["final"]["linear"]["kernel"][...]))

@@ -13,8 +13,11 @@ import os
 import sys
 import time
 
+from dlm_jax.testing import FAST_CPU_COMPILE  # imports no jax
+
 SPEC = json.loads(sys.argv[1])
-os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={SPEC.get('devices', 8)}"
+os.environ["XLA_FLAGS"] = " ".join((f"--xla_force_host_platform_device_count={SPEC.get('devices', 8)}",)
+                                   + FAST_CPU_COMPILE)  # as tests/conftest.py
 os.environ["JAX_PLATFORMS"] = "cpu"
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
