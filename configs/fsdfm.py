@@ -9,8 +9,10 @@ copy of it. Two configs chained through the teacher's workdir (the student's ``i
 Presets: ``teacher_tiny`` / ``tiny`` (tests, under a minute each), ``teacher_demo`` / ``demo`` (a few CPU
 minutes each; both on the synthetic Markov-chain language, V = 8, L = 32, so samples can be scored
 exactly), ``teacher_stdlib`` / ``stdlib`` (the demo's stdlib corpus, tokenizer and 96×3 DiT, 128 tokens;
-the teacher trains with cross-entropy: the generalized KL's 1/(1 − t) weight with iid times left a
-DiT at eval NELBO 9.8 nats/token after 200 steps, worse than the unigram's 5.1), ``teacher_paper`` /
+the teacher trains with cross-entropy: with the reference parameterisation the generalized KL never
+learns to copy visible tokens at V = 512 and stays at eval NELBO 9.8–10.0 nats/token, worse than the
+unigram's 5.1, whatever the time draw; ``method.carry_over=True`` fixes that, 4.95 after 250 steps —
+BENCHMARKS.md "DFM on real text"), ``teacher_paper`` /
 ``paper`` (1,024 tokens, DiT 768/12/12 cond 128, the paper's optimiser). Append ``_mask`` or
 ``_uniform`` to any preset to pick the source (``DEFAULT_SOURCE`` otherwise); teacher and student must
 use the same source.

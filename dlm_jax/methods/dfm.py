@@ -7,6 +7,10 @@ Time direction: **t = 0 is the source (all-mask or uniform noise), t = 1 is the 
 * Model: the DiT (``conditioning="t"``) sees ``x_t`` (ids in ``[0, V]``) and ``cond={"t": t}``; its
   logits ``[B, L, C]`` (``C = V + 1`` from the trainer, or ``V``) are cut to the ``V`` clean classes and
   log-softmax normalised: the mask logit is dropped (``flow_logprobs``). This is the flow sampler seam.
+  With ``carry_over`` (mask source) a visible position's output is ``log δ(x_t)``: exact, since the
+  mask path's posterior of a visible token is that token. Without it the network must learn to copy,
+  and the generalized KL's copy term ``κ̇/(1−κ)(1 − p(x_t))`` gives a softmax at ``p ≈ 1/V`` almost no
+  gradient: on the 512-piece stdlib corpus the reference parameterisation never learns to copy.
 * Loss (per token, ``Σ loss·loss_mask / Σ loss_mask``): the generalized KL (default)
   ``ℓ = −κ̇/(1−κ) [p(x_t) − δ(x_1=x_t) + (1 − δ(x_1=x_t)) log p(x_1)]`` or the cross-entropy
   ``−log p(x_1)``, with ``t ~ U[0, 1 − time_epsilon)``, ``time_epsilon = 1e-5``: i.i.d. per row
@@ -27,6 +31,8 @@ Config keys read by ``build`` (missing keys get these defaults, written back int
 ``loss``           ``"gkl"``       ``"gkl"`` (generalized KL) or ``"ce"`` (cross-entropy)
 ``time_epsilon``   ``1e-5``        training times ``t ~ U[0, 1 − time_epsilon)``
 ``time_sampling``  ``"iid"``       ``"iid"`` or ``"antithetic"`` (``training_times``)
+``carry_over``     ``False``       mask source only: a visible token's log-probs are ``log δ(x_t)``
+                                   (``carry_over``), as MDLM's SUBS
 ``elbo_points``    ``32``          K, κ grid size of the ELBO evaluation
 ``elbo_eps``       ``1e-3``        the grid is scaled by ``1 − elbo_eps``
 ``sampler``        ``"dfm_euler"`` default sampler of ``sample`` (``samplers.get_sampler``)
@@ -45,7 +51,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from dlm_jax.checks import check_choice, check_float, check_int, check_str, resolve
+from dlm_jax.checks import check_bool, check_choice, check_float, check_int, check_str, fail, resolve
 from dlm_jax.methods.base import Method, masked_mean, vocab_size_from_config
 from dlm_jax.models.registry import ModelSpec
 from dlm_jax.processes import flow
@@ -54,6 +60,8 @@ __all__ = [
     "LOSSES",
     "TIME_SAMPLING",
     "flow_logprobs",
+    "carry_over",
+    "check_carry_over",
     "logprobs_fn",
     "denoise_fn",
     "kappa_inverse",
@@ -80,10 +88,25 @@ def flow_logprobs(logits, vocab_size: int):
     return jax.nn.log_softmax(logits[..., :vocab_size].astype(jnp.promote_types(logits.dtype, jnp.float32)), -1)
 
 
-def logprobs_fn(apply_fn: Callable, vocab_size: int, *, h_conditioned: bool = False):
+def carry_over(log_p, x, vocab_size: int):
+    """``log δ(x)`` (0 / −∞) at visible positions ``x < V``, ``log_p`` where ``x`` is the mask id V."""
+    x = jnp.asarray(x)
+    carry = jnp.where(jax.nn.one_hot(x, vocab_size, dtype=bool), 0.0, -jnp.inf).astype(log_p.dtype)
+    return jnp.where((x == vocab_size)[..., None], log_p, carry)
+
+
+def check_carry_over(method_cfg, source: str) -> bool:
+    """``method.carry_over`` (default False, the reference); True needs the mask source."""
+    on = resolve(method_cfg, "carry_over", False, prefix="method", check=check_bool)
+    if on and source != "mask":
+        fail("method.carry_over", on, f"False with method.source={source!r} (a visible token may be noise there)")
+    return on
+
+
+def logprobs_fn(apply_fn: Callable, vocab_size: int, *, h_conditioned: bool = False, carry: bool = False):
     """``apply_fn(params, x, cond) -> logits`` turned into ``(params, x, t, h=None, **apply_kw) ->
     log-probs [B, L, V]``. ``t`` (and ``h``) ``[B]`` or scalar; t: 0 = source, 1 = data. ``h`` is fed
-    only to an h-conditioned model (the FS-DFM student); a teacher ignores it."""
+    only to an h-conditioned model (the FS-DFM student); a teacher ignores it. ``carry``: ``carry_over``."""
 
     def fn(params, x, t, h=None, **apply_kw):
         x = jnp.asarray(x)
@@ -93,15 +116,16 @@ def logprobs_fn(apply_fn: Callable, vocab_size: int, *, h_conditioned: bool = Fa
             if h is None:
                 raise ValueError("h: None; expected step sizes [B] for an h-conditioned model")
             cond["h"] = jnp.broadcast_to(jnp.asarray(h, jnp.float32), (b,))
-        return flow_logprobs(apply_fn(params, x, cond, **apply_kw), vocab_size)
+        lp = flow_logprobs(apply_fn(params, x, cond, **apply_kw), vocab_size)
+        return carry_over(lp, x, vocab_size) if carry else lp
 
     return fn
 
 
-def denoise_fn(apply_fn: Callable, params, vocab_size: int, *, h_conditioned: bool = False):
+def denoise_fn(apply_fn: Callable, params, vocab_size: int, *, h_conditioned: bool = False, carry: bool = False):
     """The flow sampler seam ``(x [B, L], t [B], h [B]) -> log-probs [B, L, V]`` (t: 0 = source,
     1 = data) for a model with parameters ``params``."""
-    fn = logprobs_fn(apply_fn, vocab_size, h_conditioned=h_conditioned)
+    fn = logprobs_fn(apply_fn, vocab_size, h_conditioned=h_conditioned, carry=carry)
 
     def denoise(x, t, h=None, **_):
         return fn(params, x, t, h)
@@ -201,6 +225,7 @@ def build(config, apply_fn: Callable) -> Method:
     mc = config.method
     vocab_size = vocab_size_from_config(config)
     source = check_source(mc)
+    carry = check_carry_over(mc, source)
     schedule = schedule_from_config(mc)
     loss_name = resolve(mc, "loss", "gkl", prefix="method", check=check_choice, allowed=LOSSES)
     time_epsilon = resolve(mc, "time_epsilon", 1e-5, prefix="method", check=check_float, min=0.0, max=1.0,
@@ -212,7 +237,7 @@ def build(config, apply_fn: Callable) -> Method:
     default_sampler = resolve(mc, "sampler", "dfm_euler", prefix="method", check=check_str)
     use_dropout = "model" in config and float(config.model.get("dropout", 0.0) or 0.0) > 0.0
     default_length = config.data.get("seq_len", None) if "data" in config else None
-    lp_fn = logprobs_fn(apply_fn, vocab_size)
+    lp_fn = logprobs_fn(apply_fn, vocab_size, carry=carry)
 
     def loss(params, batch, rng, step=None, aux=None):
         """Per-token DFM loss (nats/token for "gkl") on ``batch["tokens"]`` and ``loss_mask``."""
@@ -245,7 +270,7 @@ def build(config, apply_fn: Callable) -> Method:
         fn = get_sampler(sampler or default_sampler)
         kw.setdefault("source", source)
         kw.setdefault("schedule", schedule)
-        return fn(denoise_fn(apply_fn, params, vocab_size), rng, num_samples=num_samples, length=length,
+        return fn(denoise_fn(apply_fn, params, vocab_size, carry=carry), rng, num_samples=num_samples, length=length,
                   steps=steps, vocab_size=vocab_size, **kw)
 
     return Method(name="dfm", loss=loss, evaluate=evaluate, sample=sample, samplers=_family("FLOW"))

@@ -24,6 +24,7 @@ Config keys read by ``build`` (missing keys get these defaults, written back int
 
 ===================  ===============  ======================================================
 ``source``           ``"mask"``       ``"mask"`` or ``"uniform"``
+``carry_over``       ``False``        mask source: visible tokens carried over (``dfm.carry_over``), as the teacher
 ``schedule``         ``"polynomial"`` κ schedule; ``exponent`` n of ``κ = t^n`` (default 1)
 ``n_ref``            ``1024``         N_ref (a power of two): H and the t grid
 ``policy``           ``"inverse_h"``  (t, h) policy: inverse_h | uniform | large_h | annealed
@@ -111,6 +112,7 @@ def build(config, apply_fn: Callable, *, inputs: dict | None = None) -> Method:
     mc = config.method
     vocab_size = vocab_size_from_config(config)
     source = dfm.check_source(mc)
+    carry = dfm.check_carry_over(mc, source)  # as its teacher's (the student's outputs, the anchor's too)
     schedule = dfm.schedule_from_config(mc)
     n_ref = resolve(mc, "n_ref", 1024, prefix="method")
     try:
@@ -137,8 +139,8 @@ def build(config, apply_fn: Callable, *, inputs: dict | None = None) -> Method:
     teacher_apply = None if teacher_in is None else teacher_in.apply
     teacher_params = None if teacher_in is None else teacher_in.params
 
-    student_lp = dfm.logprobs_fn(apply_fn, vocab_size, h_conditioned=True)
-    pretrained_lp = None if teacher_apply is None else dfm.logprobs_fn(teacher_apply, vocab_size)
+    student_lp = dfm.logprobs_fn(apply_fn, vocab_size, h_conditioned=True, carry=carry)
+    pretrained_lp = None if teacher_apply is None else dfm.logprobs_fn(teacher_apply, vocab_size, carry=carry)
 
     def init_extra(params):
         del params
@@ -161,7 +163,7 @@ def build(config, apply_fn: Callable, *, inputs: dict | None = None) -> Method:
         apply_kw = {"dropout_rng": k_drop} if use_dropout else {}
         ls = student_lp(params, xt, t, h, **apply_kw)
         ema = jax.lax.stop_gradient(aux["ema_params"])
-        ema_fn = dfm.denoise_fn(apply_fn, ema, vocab_size, h_conditioned=True)
+        ema_fn = dfm.denoise_fn(apply_fn, ema, vocab_size, h_conditioned=True, carry=carry)
         lt = jax.lax.stop_gradient(ft.teacher_logits(ema_fn, k_teacher, xt, t, h, teacher=teacher, labels=labels,
                                                      schedule=schedule))
         anchor_lp = None
@@ -201,7 +203,7 @@ def build(config, apply_fn: Callable, *, inputs: dict | None = None) -> Method:
         fn = dfm.get_sampler(sampler or default_sampler)
         kw.setdefault("source", source)
         kw.setdefault("schedule", schedule)
-        denoise = dfm.denoise_fn(apply_fn, params, vocab_size, h_conditioned=True)
+        denoise = dfm.denoise_fn(apply_fn, params, vocab_size, h_conditioned=True, carry=carry)
         return fn(denoise, rng, num_samples=num_samples, length=length, steps=steps, vocab_size=vocab_size, **kw)
 
     return Method(name="fsdfm", loss=loss, evaluate=evaluate, sample=sample, init_extra=init_extra,

@@ -220,3 +220,37 @@ def test_bad_model_and_sampling_inputs_raise():
         method.sample(None, jax.random.key(0), num_samples=2, steps=0)
     with pytest.raises(ValueError, match="sampler"):
         method.sample(None, jax.random.key(0), num_samples=2, steps=2, sampler="nope")
+
+
+def test_carry_over_is_exact_for_the_mask_source_and_removes_the_copy_term():
+    """The mask path's posterior of a visible token is that token: on the exact oracle carry_over
+    changes nothing (loss and samples equal); on a denoiser that ignores x it zeroes the generalized
+    KL at every visible position, and the gradient stays finite."""
+    with jax.enable_x64(True):
+        v, b = 4, 16
+        chain = MarkovChainLanguage.random(0, v, 6)
+        x1 = jnp.asarray(np.asarray(chain.sample(jax.random.key(2), b)))
+        exact = oracle_apply(chain, "mask")
+        on, off = (dfm.build(_config(v, carry_over=c), exact) for c in (True, False))
+        for loss in ("gkl", "ce"):
+            a, c = (dfm.build(_config(v, carry_over=flag, loss=loss), exact) for flag in (True, False))
+            np.testing.assert_allclose(float(a.loss(None, {"tokens": x1}, jax.random.key(3))[0]),
+                                       float(c.loss(None, {"tokens": x1}, jax.random.key(3))[0]), rtol=1e-12)
+        np.testing.assert_array_equal(on.sample(None, jax.random.key(4), num_samples=8, steps=4)[0],
+                                      off.sample(None, jax.random.key(4), num_samples=8, steps=4)[0])
+        t = jnp.linspace(0.05, 0.95, b)
+        xt = flow.sample_path(jax.random.key(5), x1, t, source="mask", vocab_size=v)
+        logits = jax.random.normal(jax.random.key(6), (b, 6, v + 1))
+        lp = dfm.carry_over(dfm.flow_logprobs(logits, v), xt, v)
+        terms = dfm.loss_terms(lp, x1, xt, t, "linear")
+        visible = np.asarray(xt) != v
+        assert visible.sum() > 20 and np.all(np.asarray(terms)[visible] == 0.0)
+        assert np.all(np.asarray(dfm.loss_terms(dfm.flow_logprobs(logits, v), x1, xt, t, "linear"))[visible] > 0)
+        grad = jax.grad(lambda z: dfm.loss_terms(dfm.carry_over(dfm.flow_logprobs(z, v), xt, v), x1, xt, t,
+                                                 "linear").mean())(logits)
+        assert np.all(np.isfinite(np.asarray(grad)))
+        assert np.all(np.asarray(grad)[visible] == 0.0)  # nothing to learn where the token is visible
+    with pytest.raises(ValueError, match=r"^method.carry_over: True; expected False with method.source='uniform'"):
+        dfm.build(_config(v, source="uniform", carry_over=True), exact)
+    with pytest.raises(ValueError, match=r"^method.carry_over: 'yes'"):
+        dfm.build(_config(v, carry_over="yes"), exact)

@@ -363,3 +363,24 @@ def test_student_init_from_a_trained_dfm_workdir(tmp_path):
     init, inputs = init_from.initializer(s_cfg, student, local_mesh())
     with pytest.raises(ValueError, match="^method.source: 'uniform'; expected 'mask', the source of the init_from run"):
         jax.jit(init)(inputs)
+
+
+def test_carry_over_reaches_student_shortcut_teacher_and_sampler():
+    """``method.carry_over`` on a denoiser that ignores x equals that denoiser made to carry visible
+    tokens over itself: the same loss terms (student, EMA shortcut teacher, anchor) and samples."""
+    with jax.enable_x64(True):
+        v, length = 5, 8
+        q = _product(v, length)
+        on = fsdfm.build(_config(v, n_ref=64, carry_over=True), _oracle_apply(q, v, False))
+        built_in = fsdfm.build(_config(v, n_ref=64), _oracle_apply(q, v, True))
+        plain = fsdfm.build(_config(v, n_ref=64), _oracle_apply(q, v, False))
+        x1 = jax.random.randint(jax.random.key(0), (64, length), 0, v)
+        m = [meth.loss(None, {"tokens": x1}, jax.random.key(1), 0, {"ema_params": None})[1]
+             for meth in (on, built_in, plain)]
+        for key in ("loss", "anchor_loss", "distill_loss"):
+            np.testing.assert_allclose(float(m[0][key]), float(m[1][key]), rtol=1e-9, atol=1e-12)
+        assert abs(float(m[0]["loss"]) - float(m[2]["loss"])) > 1e-2
+        np.testing.assert_array_equal(on.sample(None, jax.random.key(3), num_samples=16, steps=4)[0],
+                                      built_in.sample(None, jax.random.key(3), num_samples=16, steps=4)[0])
+    with pytest.raises(ValueError, match=r"^method.carry_over: True; expected False with method.source='uniform'"):
+        fsdfm.build(_config(v, source="uniform", carry_over=True), _oracle_apply(q, v, False))
