@@ -15,8 +15,8 @@ Time direction: **t = 0 is the source (all-mask or uniform noise), t = 1 is the 
   ``ℓ = −κ̇/(1−κ) [p(x_t) − δ(x_1=x_t) + (1 − δ(x_1=x_t)) log p(x_1)]`` or the cross-entropy
   ``−log p(x_1)``, with ``t ~ U[0, 1 − time_epsilon)``, ``time_epsilon = 1e-5``: i.i.d. per row
   (the reference), or antithetic (one randomly rotated grid of spacing 1/B: every 1/B stratum of
-  times once per batch, as MDLM; the generalized KL's rate ``1/(1 − t)`` makes the i.i.d. draw's
-  rare rows near t = 1 dominate a batch).
+  times once per batch, as MDLM; it lowers the variance of the ``1/(1 − t)``-weighted loss, but did
+  not rescue the generalized KL on real text: that was the copy term, below).
 * ELBO evaluation (§2.3(c), ``elbo_terms``): the generalized KL of the *linear* path at K stratified
   values ``κ_k = ((k + u_b)/K mod 1)·(1 − 10⁻³)`` (one uniform offset ``u_b`` per sequence, shared by
   its K points), with the model queried at ``t = κ^{-1}(κ_k)`` (``κ^{1/n}``); the mean over k is a
