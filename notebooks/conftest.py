@@ -15,14 +15,13 @@ import pytest
 from dlm_jax.testing import FAST_CPU_COMPILE
 
 CI_SCALE = "0.025"
-FAST_COMPILE = list(FAST_CPU_COMPILE)
 
 
 def kernel_env(environ) -> dict:
     """The variables to set for a notebook kernel, given the current environment."""
     flags = [f for f in environ.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
     return {"DLM_NOTEBOOK_SCALE": environ.get("DLM_NOTEBOOK_SCALE", CI_SCALE),
-            "XLA_FLAGS": " ".join(flags + [f for f in FAST_COMPILE if f not in flags])}
+            "XLA_FLAGS": " ".join(flags + [f for f in FAST_CPU_COMPILE if f not in flags])}
 
 
 @pytest.hookimpl(wrapper=True)

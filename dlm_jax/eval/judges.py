@@ -176,15 +176,24 @@ def window_nll(judge: Judge, windows: list[list[int]], batch_size: int = 16) -> 
     return out
 
 
+def _ratio_residuals(sums, counts):
+    """``R = Σ sums / Σ counts`` and the delta-method residuals ``(s_i − R c_i) / mean(c)``."""
+    sums, counts = np.asarray(sums, np.float64), np.asarray(counts, np.float64)
+    ratio = sums.sum() / counts.sum()
+    return ratio, (sums - ratio * counts) / counts.mean()
+
+
+def _standard_error(resid) -> float:
+    k = resid.size
+    return float(math.sqrt((resid ** 2).sum() / (k * (k - 1)))) if k >= 2 else float("nan")
+
+
 def ratio_standard_error(sums, counts) -> float:
     """Standard error of ``Σ sums / Σ counts`` over k independent samples (the delta-method ratio
     estimator): ``sqrt(Σ (s_i − R c_i)² / (k (k − 1))) / mean(c)``; NaN below two samples or tokens."""
-    sums, counts = np.asarray(sums, np.float64), np.asarray(counts, np.float64)
-    k, total = sums.size, counts.sum()
-    if k < 2 or not total > 0:
+    if not np.sum(counts) > 0:
         return float("nan")
-    resid = sums - (sums.sum() / total) * counts
-    return float(math.sqrt((resid ** 2).sum() / (k * (k - 1))) / counts.mean())
+    return _standard_error(_ratio_residuals(sums, counts)[1])
 
 
 def paired_difference(sums_a, counts_a, sums_b, counts_b) -> tuple[float, float]:
@@ -192,16 +201,12 @@ def paired_difference(sums_a, counts_a, sums_b, counts_b) -> tuple[float, float]
     k seeds (sample i of a and of b share their noise): the delta method on the paired residuals
     ``(a_i − R_a c_i)/mean(c_a) − (b_i − R_b c_i)/mean(c_b)``, whose correlation the unpaired errors
     ignore. NaN error below two samples."""
-    a, ca, b, cb = (np.asarray(v, np.float64) for v in (sums_a, counts_a, sums_b, counts_b))
-    if a.shape != b.shape or ca.shape != a.shape or cb.shape != b.shape:
-        raise ValueError(f"paired_difference: shapes {a.shape}, {ca.shape}, {b.shape}, {cb.shape}; "
+    shapes = [np.shape(v) for v in (sums_a, counts_a, sums_b, counts_b)]
+    if len(set(shapes)) != 1:
+        raise ValueError(f"paired_difference: shapes {', '.join(map(str, shapes))}; "
                          "expected one sum and one count per seed on both sides")
-    r_a, r_b = a.sum() / ca.sum(), b.sum() / cb.sum()
-    k = a.size
-    if k < 2:
-        return float(r_a - r_b), float("nan")
-    resid = (a - r_a * ca) / ca.mean() - (b - r_b * cb) / cb.mean()
-    return float(r_a - r_b), float(math.sqrt((resid ** 2).sum() / (k * (k - 1))))
+    (r_a, res_a), (r_b, res_b) = _ratio_residuals(sums_a, counts_a), _ratio_residuals(sums_b, counts_b)
+    return float(r_a - r_b), _standard_error(res_a - res_b)
 
 
 def gen_nll(judge: Judge, texts: list[str], ended: list[bool] | None = None, batch_size: int = 16) -> dict:

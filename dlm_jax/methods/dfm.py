@@ -32,7 +32,7 @@ Config keys read by ``build`` (missing keys get these defaults, written back int
 ``time_epsilon``   ``1e-5``        training times ``t ~ U[0, 1 − time_epsilon)``
 ``time_sampling``  ``"iid"``       ``"iid"`` or ``"antithetic"`` (``training_times``)
 ``carry_over``     ``False``       mask source only: a visible token's log-probs are ``log δ(x_t)``
-                                   (``carry_over``), as MDLM's SUBS
+                                   (``processes.masking.carry_over``), as MDLM's SUBS
 ``elbo_points``    ``32``          K, κ grid size of the ELBO evaluation
 ``elbo_eps``       ``1e-3``        the grid is scaled by ``1 − elbo_eps``
 ``sampler``        ``"dfm_euler"`` default sampler of ``sample`` (``samplers.get_sampler``)
@@ -54,13 +54,12 @@ import jax.numpy as jnp
 from dlm_jax.checks import check_bool, check_choice, check_float, check_int, check_str, fail, resolve
 from dlm_jax.methods.base import Method, masked_mean, vocab_size_from_config
 from dlm_jax.models.registry import ModelSpec
-from dlm_jax.processes import flow
+from dlm_jax.processes import flow, masking
 
 __all__ = [
     "LOSSES",
     "TIME_SAMPLING",
     "flow_logprobs",
-    "carry_over",
     "check_carry_over",
     "logprobs_fn",
     "denoise_fn",
@@ -88,13 +87,6 @@ def flow_logprobs(logits, vocab_size: int):
     return jax.nn.log_softmax(logits[..., :vocab_size].astype(jnp.promote_types(logits.dtype, jnp.float32)), -1)
 
 
-def carry_over(log_p, x, vocab_size: int):
-    """``log δ(x)`` (0 / −∞) at visible positions ``x < V``, ``log_p`` where ``x`` is the mask id V."""
-    x = jnp.asarray(x)
-    carry = jnp.where(jax.nn.one_hot(x, vocab_size, dtype=bool), 0.0, -jnp.inf).astype(log_p.dtype)
-    return jnp.where((x == vocab_size)[..., None], log_p, carry)
-
-
 def check_carry_over(method_cfg, source: str) -> bool:
     """``method.carry_over`` (default False, the reference); True needs the mask source."""
     on = resolve(method_cfg, "carry_over", False, prefix="method", check=check_bool)
@@ -106,7 +98,8 @@ def check_carry_over(method_cfg, source: str) -> bool:
 def logprobs_fn(apply_fn: Callable, vocab_size: int, *, h_conditioned: bool = False, carry: bool = False):
     """``apply_fn(params, x, cond) -> logits`` turned into ``(params, x, t, h=None, **apply_kw) ->
     log-probs [B, L, V]``. ``t`` (and ``h``) ``[B]`` or scalar; t: 0 = source, 1 = data. ``h`` is fed
-    only to an h-conditioned model (the FS-DFM student); a teacher ignores it. ``carry``: ``carry_over``."""
+    only to an h-conditioned model (the FS-DFM student); a teacher ignores it. ``carry``: visible tokens
+    carried over (``processes.masking.carry_over``)."""
 
     def fn(params, x, t, h=None, **apply_kw):
         x = jnp.asarray(x)
@@ -117,7 +110,7 @@ def logprobs_fn(apply_fn: Callable, vocab_size: int, *, h_conditioned: bool = Fa
                 raise ValueError("h: None; expected step sizes [B] for an h-conditioned model")
             cond["h"] = jnp.broadcast_to(jnp.asarray(h, jnp.float32), (b,))
         lp = flow_logprobs(apply_fn(params, x, cond, **apply_kw), vocab_size)
-        return carry_over(lp, x, vocab_size) if carry else lp
+        return masking.carry_over(lp, x, vocab_size) if carry else lp
 
     return fn
 

@@ -53,7 +53,7 @@ import jax.numpy as jnp
 from dlm_jax.checks import check_bool, check_choice, check_float, check_str, resolve
 from dlm_jax.methods.base import Method, masked_mean, vocab_size_from_config
 from dlm_jax.models.registry import ModelSpec
-from dlm_jax.processes.masking import forward_mask
+from dlm_jax.processes.masking import carry_over, forward_mask
 from dlm_jax.processes.schedules import MaskingSchedule, get_schedule, schedule_names
 
 __all__ = [
@@ -103,9 +103,7 @@ def subs_logprobs(logits, z, vocab_size: int):
     """
     logits = jnp.asarray(logits)
     lp = jax.nn.log_softmax(logits[..., :vocab_size].astype(jnp.promote_types(logits.dtype, jnp.float32)), -1)
-    z = jnp.asarray(z)
-    carry = jnp.where(jax.nn.one_hot(z, vocab_size, dtype=bool), 0.0, -jnp.inf).astype(lp.dtype)
-    return jnp.where((z == vocab_size)[..., None], lp, carry)
+    return carry_over(lp, z, vocab_size)
 
 
 def nelbo_terms(logprobs_fn: Callable, x, z, t, schedule: MaskingSchedule, *, mask_id: int | None = None):

@@ -85,3 +85,12 @@ def reverse_posterior(z_t, x, alpha_s, alpha_t, mask_id: int, num_classes: int):
     p_stay = ((1.0 - a_s) / (1.0 - a_t)).astype(dtype)
     from_mask = p_clean * onehot_x + p_stay * onehot_m
     return jnp.where((z_t == mask_id)[..., None], from_mask, onehot_z)
+
+
+def carry_over(log_p, z, mask_id: int):
+    """Log-probs ``[..., V]`` over clean tokens with visible positions carried over: ``log δ(z)``
+    (0 / −∞) where ``z ≠ mask_id``, ``log_p`` where ``z`` is masked (``mask_id = V``). The masked
+    path's exact posterior of a visible token is that token (MDLM's SUBS; DFM's ``carry_over``)."""
+    log_p, z = jnp.asarray(log_p), jnp.asarray(z)
+    carry = jnp.where(jax.nn.one_hot(z, log_p.shape[-1], dtype=bool), 0.0, -jnp.inf).astype(log_p.dtype)
+    return jnp.where((z == mask_id)[..., None], log_p, carry)

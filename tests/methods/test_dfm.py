@@ -13,7 +13,7 @@ import pytest
 from dlm_jax.methods import dfm
 from dlm_jax.methods.base import build_method
 from dlm_jax.models import DiTConfig, build_model, make_apply
-from dlm_jax.processes import flow
+from dlm_jax.processes import flow, masking
 from dlm_jax.samplers.jump import sample_dfm_euler, sample_fsdfm
 from dlm_jax.testing.oracles import MarkovChainLanguage
 
@@ -162,8 +162,8 @@ def test_tiny_dit_loss_is_differentiable_and_decreases(loss):
 
 def test_antithetic_times_fill_every_stratum_once_and_are_marginally_uniform():
     eps, batch = 1e-3, 8
-    draws = np.stack([np.asarray(dfm.training_times(k, batch, eps, antithetic=True))
-                      for k in jax.random.split(jax.random.key(0), 4000)])
+    draws = np.asarray(jax.vmap(lambda k: dfm.training_times(k, batch, eps, antithetic=True))(
+        jax.random.split(jax.random.key(0), 4000)))
     assert draws.min() >= 0.0 and draws.max() < 1.0 - eps
     strata = np.sort(np.floor(draws / (1.0 - eps) * batch), axis=1)
     np.testing.assert_array_equal(strata, np.broadcast_to(np.arange(batch), strata.shape))  # one per stratum
@@ -172,8 +172,7 @@ def test_antithetic_times_fill_every_stratum_once_and_are_marginally_uniform():
     for row in (0, batch - 1):  # each row U[0, 1 − ε): mean and variance of the uniform, 4,000 draws
         assert abs(draws[:, row].mean() - (1 - eps) / 2) < 0.015
         assert abs(draws[:, row].var() - (1 - eps) ** 2 / 12) < 0.006
-    iid = np.stack([np.asarray(dfm.training_times(k, batch, eps))
-                    for k in jax.random.split(jax.random.key(1), 4000)])
+    iid = np.asarray(jax.vmap(lambda k: dfm.training_times(k, batch, eps))(jax.random.split(jax.random.key(1), 4000)))
     filled = [np.unique(np.floor(row / (1.0 - eps) * batch)).size == batch for row in iid]
     assert np.mean(filled) < 0.01  # 8!/8^8 = 0.24% of i.i.d. batches hit every stratum
     assert abs(iid.mean() - (1 - eps) / 2) < 0.01 and iid.max() < 1.0 - eps
@@ -241,12 +240,12 @@ def test_carry_over_is_exact_for_the_mask_source_and_removes_the_copy_term():
         t = jnp.linspace(0.05, 0.95, b)
         xt = flow.sample_path(jax.random.key(5), x1, t, source="mask", vocab_size=v)
         logits = jax.random.normal(jax.random.key(6), (b, 6, v + 1))
-        lp = dfm.carry_over(dfm.flow_logprobs(logits, v), xt, v)
+        lp = masking.carry_over(dfm.flow_logprobs(logits, v), xt, v)
         terms = dfm.loss_terms(lp, x1, xt, t, "linear")
         visible = np.asarray(xt) != v
         assert visible.sum() > 20 and np.all(np.asarray(terms)[visible] == 0.0)
         assert np.all(np.asarray(dfm.loss_terms(dfm.flow_logprobs(logits, v), x1, xt, t, "linear"))[visible] > 0)
-        grad = jax.grad(lambda z: dfm.loss_terms(dfm.carry_over(dfm.flow_logprobs(z, v), xt, v), x1, xt, t,
+        grad = jax.grad(lambda z: dfm.loss_terms(masking.carry_over(dfm.flow_logprobs(z, v), xt, v), x1, xt, t,
                                                  "linear").mean())(logits)
         assert np.all(np.isfinite(np.asarray(grad)))
         assert np.all(np.asarray(grad)[visible] == 0.0)  # nothing to learn where the token is visible
